@@ -1,0 +1,373 @@
+"""The user API: :class:`App`, tasks, enqueue options and job handles."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from . import codec
+from .backends import Backend, WorkerInfo, open_backend
+from .errors import ConfigError, JobFailed, JobNotFound, JobTimeout, UnknownTask
+from .job import Job, JobState, NewJob
+
+__all__ = ["DEFAULT_URL", "App", "JobHandle", "Task", "TaskOptions"]
+
+DEFAULT_URL = "sqlite:///crashonly.db"
+P = ParamSpec("P")
+R = TypeVar("R")
+_OPTIONS = frozenset({"delay", "run_at", "priority", "queue", "unique_key", "connection"})
+
+
+class JobHandle:
+    """What ``enqueue`` returns: the job's id, and a way to wait for its result."""
+
+    __slots__ = ("app", "id")
+
+    def __init__(self, app: App, job_id: int) -> None:
+        self.app = app
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.id}>"
+
+    @property
+    def job(self) -> Job:
+        return self.app.get_job(self.id)
+
+    @property
+    def state(self) -> JobState:
+        return self.job.state
+
+    def wait(self, timeout: float | None = None, *, poll: float = 0.05) -> Any:
+        """Block until the job is done and return its result; raise :class:`JobFailed` if it
+        was buried, :class:`JobTimeout` after ``timeout`` seconds (the job goes on)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.002
+        while True:
+            job = self.app.get_job(self.id)
+            if job.state is JobState.DONE:
+                return job.result
+            if job.state is JobState.BURIED:
+                raise JobFailed(job.id, job.last_error)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobTimeout(f"job {self.id} is still {job.state.value} after {timeout} s")
+            sleep = interval if deadline is None else min(interval, deadline - time.monotonic())
+            time.sleep(max(0.0, sleep))
+            interval = min(poll, interval * 2)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EnqueueOptions:
+    delay: float | None = None
+    run_at: float | None = None
+    priority: int | None = None
+    queue: str | None = None
+    unique_key: str | None = None
+    connection: Any = None
+
+
+class TaskOptions(Generic[P, R]):
+    """``task.options(delay=..., priority=...)``: enqueue options kept apart from arguments."""
+
+    __slots__ = ("_opts", "_task")
+
+    def __init__(self, task: Task[P, R], opts: EnqueueOptions) -> None:
+        self._task = task
+        self._opts = opts
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        return self._task.app._enqueue_calls(self._task.name, [(args, kwargs)], self._opts)[0]
+
+    def enqueue_many(self, calls: Iterable[Sequence[Any] | Mapping[str, Any]]) -> list[JobHandle]:
+        return self._task.app._enqueue_calls(self._task.name, _calls(calls), self._opts)
+
+
+class Task(Generic[P, R]):
+    """A function registered with ``@app.task``; calling it runs it here, now."""
+
+    def __init__(
+        self, app: App, fn: Callable[P, R], *, name: str, queue: str, priority: int,
+        max_attempts: int, lease: float, retry_backoff: float | Callable[[int], float],
+        transactional: bool, timeout: float | None,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.priority = priority
+        self.max_attempts = max_attempts
+        self.lease = lease
+        self.retry_backoff = retry_backoff
+        self.transactional = transactional
+        self.timeout = timeout
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.queue}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        return self.app._enqueue_calls(self.name, [(args, kwargs)], EnqueueOptions())[0]
+
+    def enqueue_many(self, calls: Iterable[Sequence[Any] | Mapping[str, Any]]) -> list[JobHandle]:
+        """Enqueue many calls in one transaction: each item is an args sequence or a kwargs
+        mapping. Far faster than a loop of ``enqueue``."""
+        return self.app._enqueue_calls(self.name, _calls(calls), EnqueueOptions())
+
+    def options(
+        self, *, delay: float | None = None, run_at: float | None = None,
+        priority: int | None = None, queue: str | None = None, unique_key: str | None = None,
+        connection: Any = None,
+    ) -> TaskOptions[P, R]:
+        opts = EnqueueOptions(delay=delay, run_at=run_at, priority=priority, queue=queue,
+                              unique_key=unique_key, connection=connection)
+        return TaskOptions(self, opts)
+
+
+def _calls(
+    calls: Iterable[Sequence[Any] | Mapping[str, Any]],
+) -> list[tuple[Sequence[Any], Mapping[str, Any]]]:
+    out: list[tuple[Sequence[Any], Mapping[str, Any]]] = []
+    for call in calls:
+        if isinstance(call, Mapping):
+            out.append(((), call))
+        elif isinstance(call, str | bytes):
+            raise TypeError("enqueue_many takes a list of argument tuples or kwargs dicts")
+        else:
+            out.append((call, {}))
+    return out
+
+
+class App:
+    """A crashonly application: its tasks and the backend its jobs live in.
+
+    ``url`` names the backend; without it ``$DATABASE_URL``, else ``sqlite:///crashonly.db``
+    in the working directory. Nothing connects until the first operation.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        retention: float = 86400.0,
+        poison_after: int = 3,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url or os.environ.get("DATABASE_URL") or DEFAULT_URL
+        self.retention = retention
+        self.poison_after = poison_after
+        self.clock = clock
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._backend: Backend | None = None
+        self._local_worker: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<crashonly.App {self.url.split('@')[-1]} tasks={len(self.tasks)}>"
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = open_backend(self.url)
+        return self._backend
+
+    def close(self) -> None:
+        if self._backend is not None:
+            if self._local_worker is not None:
+                self._backend.deregister_worker(self._local_worker)
+                self._local_worker = None
+            self._backend.close()
+            self._backend = None
+
+    # --- tasks ----------------------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self, *, name: str | None = None, queue: str = "default", priority: int = 100,
+        max_attempts: int = 5, lease: float = 30.0,
+        retry_backoff: float | Callable[[int], float] = 1.0, transactional: bool = False,
+        timeout: float | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self, fn: Callable[P, R] | None = None, /, *, name: str | None = None,
+        queue: str = "default", priority: int = 100, max_attempts: int = 5, lease: float = 30.0,
+        retry_backoff: float | Callable[[int], float] = 1.0, transactional: bool = False,
+        timeout: float | None = None,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a task: ``@app.task`` or ``@app.task(queue="mail", max_attempts=3)``."""
+        if max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1, not {max_attempts}")
+        if lease <= 0:
+            raise ConfigError(f"lease must be a positive number of seconds, not {lease}")
+
+        def register(f: Callable[P, R]) -> Task[P, R]:
+            task_name = name or f"{f.__module__}.{f.__qualname__}"
+            if transactional and inspect.iscoroutinefunction(f):
+                raise ConfigError(
+                    f"task {task_name}: transactional tasks must be plain (sync) functions"
+                )
+            if task_name in self.tasks and self.tasks[task_name].fn is not f:
+                raise ConfigError(f"two tasks are registered under the name {task_name!r}")
+            t = Task(self, f, name=task_name, queue=queue, priority=priority,
+                     max_attempts=max_attempts, lease=lease, retry_backoff=retry_backoff,
+                     transactional=transactional, timeout=timeout)
+            self.tasks[task_name] = t
+            return t
+
+        return register(fn) if fn is not None else register
+
+    # --- producing ------------------------------------------------------------------------
+    def enqueue(
+        self, name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> JobHandle:
+        """Enqueue by task name (the producer need not import the task)."""
+        return self._enqueue_calls(name, [(args, kwargs or {})], _options(options))[0]
+
+    def enqueue_many(
+        self, jobs: Iterable[tuple[str, Sequence[Any], Mapping[str, Any]]], **options: Any
+    ) -> list[JobHandle]:
+        """Enqueue ``(task_name, args, kwargs)`` triples in one transaction."""
+        opts = _options(options)
+        now = self.clock()
+        news = [self._new_job(n, a, k, opts, now) for n, a, k in jobs]
+        ids = self.backend.put(news, now=now, connection=opts.connection)
+        return [JobHandle(self, i) for i in ids]
+
+    def _enqueue_calls(
+        self, name: str, calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
+        opts: EnqueueOptions,
+    ) -> list[JobHandle]:
+        now = self.clock()
+        news = [self._new_job(name, a, k, opts, now) for a, k in calls]
+        ids = self.backend.put(news, now=now, connection=opts.connection)
+        return [JobHandle(self, i) for i in ids]
+
+    def _new_job(
+        self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], opts: EnqueueOptions,
+        now: float,
+    ) -> NewJob:
+        task = self.tasks.get(name)
+        if opts.run_at is not None:
+            run_at = float(opts.run_at)
+        else:
+            run_at = now + max(0.0, float(opts.delay or 0.0))
+        return NewJob(
+            task=name,
+            queue=opts.queue or (task.queue if task else "default"),
+            payload=codec.encode_payload(name, list(args), dict(kwargs)),
+            priority=opts.priority if opts.priority is not None else (task.priority if task else 100),
+            run_at=run_at,
+            max_attempts=task.max_attempts if task else 5,
+            lease=task.lease if task else 30.0,
+            unique_key=opts.unique_key,
+        )
+
+    # --- inspecting and managing ------------------------------------------------------------
+    def get_job(self, job_id: int) -> Job:
+        job = self.backend.get(int(job_id))
+        if job is None:
+            raise JobNotFound(
+                f"no job {job_id} (never existed, deleted, or purged after its retention period)"
+            )
+        return job
+
+    def list_jobs(
+        self, state: JobState | str | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        st = JobState(state) if state is not None else None
+        return self.backend.list(state=st, queue=queue, limit=limit)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return self.backend.stats()
+
+    def retry(self, job_id: int) -> bool:
+        """Kick a buried job back to ready (attempts reset); False if it was not buried."""
+        self.get_job(job_id)
+        return self.backend.kick([job_id], now=self.clock()) == 1
+
+    def retry_all_buried(self) -> int:
+        return self.backend.kick(None, now=self.clock())
+
+    def delete(self, job_id: int) -> bool:
+        return self.backend.delete(int(job_id))
+
+    def handle(self, job_id: int) -> JobHandle:
+        return JobHandle(self, job_id)
+
+    def migrate(self) -> int:
+        return self.backend.migrate()
+
+    def recover(self) -> Any:
+        return self.backend.recover(
+            now=self.clock(), poison_after=self.poison_after, retention=self.retention
+        )
+
+    # --- in-process runner ------------------------------------------------------------------
+    def run_worker_once(self, queues: Sequence[str] | None = None, limit: int = 100) -> int:
+        """Reserve up to ``limit`` ready jobs, run them here one after another (async tasks on a
+        fresh event loop) and settle them in one transaction. Returns how many ran.
+
+        For tests, scripts and the quick start; production uses ``crashonly worker``.
+        """
+        from .execution import Prepared, prepare, run_async, run_sync
+
+        backend = self.backend
+        if self._local_worker is None:
+            self._local_worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            now = self.clock()
+            backend.register_worker(WorkerInfo(
+                id=self._local_worker, host=socket.gethostname(), pid=os.getpid(),
+                started_at=now, heartbeat_at=now, queues=list(queues or []),
+            ))
+        self.recover()
+        qs = list(queues) if queues else sorted({t.queue for t in self.tasks.values()} or {"default"})
+        reservations, _ = backend.reserve(
+            worker_id=self._local_worker, queues=qs, limit=limit, now=self.clock()
+        )
+        settlements = []
+        for r in reservations:
+            task = self.tasks.get(r.job.task)
+            if task is not None and task.is_async:
+                import asyncio
+
+                p = prepare(self, r)
+                outcome = asyncio.run(run_async(self, p)) if isinstance(p, Prepared) else p
+            else:
+                outcome = run_sync(self, r)
+            if outcome.settlement is not None:
+                settlements.append(outcome.settlement)
+        backend.settle(settlements, now=self.clock())
+        return len(reservations)
+
+    def drain(self, queues: Sequence[str] | None = None, max_jobs: int | None = None) -> int:
+        """Run ready jobs in this process until none is ready; return how many ran."""
+        total = 0
+        while max_jobs is None or total < max_jobs:
+            ran = self.run_worker_once(queues, limit=100 if max_jobs is None else min(100, max_jobs - total))
+            if not ran:
+                break
+            total += ran
+        return total
+
+
+def _options(options: Mapping[str, Any]) -> EnqueueOptions:
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise TypeError(
+            f"unknown enqueue option(s): {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(sorted(_OPTIONS))}); pass task arguments in args= and kwargs="
+        )
+    return replace(EnqueueOptions(), **options)

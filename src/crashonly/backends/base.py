@@ -1,0 +1,157 @@
+"""The backend protocol: the domain verbs every queue backend implements.
+
+A backend stores opaque payloads and enforces the life cycle (docs/design.md): it owns claims,
+leases, fencing tokens, retries' scheduling, poison detection and recovery. The layers above it
+(:mod:`crashonly.app`, :mod:`crashonly.worker`) never see SQL or a driver.
+
+Time is injected: every verb that reads the clock takes ``now`` (seconds since the epoch), so
+tests advance a fake clock instead of sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..job import Job, JobState, NewJob, Reservation, Settlement
+
+__all__ = ["Backend", "Capabilities", "RecoveryReport", "WorkerInfo"]
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Capabilities:
+    """What a backend can do; the contract suite skips exactly what a backend declares it lacks."""
+
+    transactional: bool = False  # transactional tasks and enqueue in the caller's transaction
+    delays: bool = True
+    priorities: bool = True
+    unique_keys: bool = True
+    death_detection: str = "lease"  # "lease", "pid" (one machine), "session" (connection-bound)
+    multi_process: bool = True  # many processes may share it (False for :memory:)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkerInfo:
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    queues: list[str] = field(default_factory=list)
+    concurrency: int = 1
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RecoveryReport:
+    """What one ``recover`` pass changed."""
+
+    dead_workers: list[str] = field(default_factory=list)
+    requeued: list[int] = field(default_factory=list)  # back to ready
+    buried: list[int] = field(default_factory=list)  # poison or attempts exhausted
+    promoted: int = 0  # scheduled -> ready
+    purged: int = 0  # done jobs past retention
+
+    def __bool__(self) -> bool:
+        return bool(self.dead_workers or self.requeued or self.buried or self.promoted)
+
+
+class Backend(Protocol):
+    """Domain verbs of a queue backend. Implementations: sqlite, postgres."""
+
+    url: str
+    capabilities: Capabilities
+
+    # --- schema -------------------------------------------------------------------------------
+    def migrate(self) -> int:
+        """Create or upgrade the schema; return the schema version. Idempotent."""
+        ...
+
+    def close(self) -> None: ...
+
+    # --- producers ----------------------------------------------------------------------------
+    def put(self, jobs: Sequence[NewJob], *, now: float, connection: Any = None) -> list[int]:
+        """Store jobs in one transaction (the caller's own, if ``connection`` is given and the
+        backend is transactional) and return their ids, in order. A job whose ``unique_key``
+        matches a job that is not done yet is not stored: the existing job's id stands in."""
+        ...
+
+    # --- consumers ----------------------------------------------------------------------------
+    def reserve(
+        self,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        settle: Sequence[Settlement] = (),
+    ) -> tuple[list[Reservation], list[int]]:
+        """Apply ``settle`` then claim up to ``limit`` ready jobs, in one transaction.
+
+        Returns the reservations and the ids of settlements refused for a stale token.
+        A job whose previous holder died while it shared a reservation with others is claimed
+        alone, so a later death can be blamed on it exactly (poison detection)."""
+        ...
+
+    def settle(self, settlements: Sequence[Settlement], *, now: float) -> list[int]:
+        """Apply acks, releases, failures and burials; return the ids refused for a stale token."""
+        ...
+
+    def touch(self, leases: Sequence[tuple[int, int]], *, now: float) -> list[int]:
+        """Extend the leases of ``(job_id, token)`` pairs; return the ids whose token is stale."""
+        ...
+
+    def run_transactional(
+        self, reservation: Reservation, fn: Callable[[Any], str | None], *, clock: Callable[[], float]
+    ) -> str | None:
+        """Run ``fn(connection)`` in one transaction with the ack of ``reservation``: ``fn``
+        returns the encoded result, the ack is fenced by the token, and both commit or neither
+        does. Raises :class:`StaleLease` (everything rolled back) if the token is stale, and
+        re-raises what ``fn`` raises after rolling back."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """A write transaction on this backend's database, yielding a DB-API connection."""
+        ...
+
+    # --- recovery and workers -----------------------------------------------------------------
+    def recover(
+        self, *, now: float, poison_after: int = 3, retention: float = 86400.0
+    ) -> RecoveryReport:
+        """Return the jobs of dead workers and of expired leases; bury poison; promote due
+        scheduled jobs; purge done jobs past retention."""
+        ...
+
+    def register_worker(self, info: WorkerInfo) -> None: ...
+
+    def heartbeat(self, worker_id: str, *, now: float) -> None: ...
+
+    def deregister_worker(self, worker_id: str) -> None: ...
+
+    def workers(self) -> list[WorkerInfo]: ...
+
+    # --- inspection and admin -----------------------------------------------------------------
+    def get(self, job_id: int) -> Job | None: ...
+
+    def list(
+        self, *, state: JobState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[Job]: ...
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """``{queue: {state: count}}`` for every state, zeros included."""
+        ...
+
+    def kick(self, job_ids: Sequence[int] | None, *, now: float) -> int:
+        """Buried -> ready (all buried jobs when ``job_ids`` is None); return how many."""
+        ...
+
+    def delete(self, job_id: int) -> bool: ...
+
+    def bury(self, job_id: int, reason: str, *, now: float) -> bool:
+        """Bury a job that is not reserved (admin action); return whether it was buried."""
+        ...
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds until something may have changed (new job, ...).
+        Returns True if woken early. Backends without notifications poll cheaply."""
+        ...

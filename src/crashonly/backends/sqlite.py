@@ -1,0 +1,570 @@
+"""SQLite backend: the embedded default, many processes on one machine.
+
+* WAL mode, ``synchronous=FULL`` by default: an enqueue that returned survives power loss.
+  ``?synchronous=NORMAL`` in the URL trades that for speed (a power cut may lose the last
+  commits; a process crash still loses nothing).
+* Every write transaction is ``BEGIN IMMEDIATE``: it takes the write lock up front, so the
+  busy handler can wait for it (a deferred transaction that upgrades to a writer can fail
+  with ``SQLITE_BUSY`` no matter how long it waits).
+* One connection per thread; ``:memory:`` has a single shared connection behind a lock.
+* Death detection: workers register pid + process start time + boot id; any live process's
+  recovery returns the jobs of a dead one (see :mod:`crashonly.liveness`).
+* Throughput comes from fewer commits per job: claims in batches, and a batch's
+  settlements (acks, releases, failures) folded into the next claim's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+from .. import codec
+from ..errors import (
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    SchemaError,
+    StaleLease,
+)
+from ..job import Job, JobState, NewJob, Reservation, Settlement, SettlementKind
+from ..liveness import ProcessIdentity, is_alive
+from .base import Capabilities, RecoveryReport, WorkerInfo
+from .sql import load_queries
+
+__all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
+
+SCHEMA_VERSION = 1
+Q = load_queries("sqlite.sql")
+_SYNC_MODES = {"FULL", "NORMAL", "EXTRA", "OFF"}
+_PURGE_EVERY = 60.0
+
+
+def _job(row: Sequence[Any]) -> Job:
+    (id_, task, queue, state, priority, payload, attempts, max_attempts, deaths, _lease,
+     run_at, created_at, lease_expires_at, worker, _token, unique_key, last_error, result,
+     finished_at) = row
+    try:
+        call = json.loads(payload)
+        args, kwargs = list(call.get("args", [])), dict(call.get("kwargs", {}))
+    except (ValueError, TypeError, AttributeError):
+        args, kwargs = [], {}
+    try:
+        value = codec.decode(result)
+    except ValueError:
+        value = result
+    return Job(
+        id=id_, task=task, queue=queue, state=JobState(state), priority=priority,
+        attempts=attempts, max_attempts=max_attempts, run_at=run_at, created_at=created_at,
+        lease_expires_at=lease_expires_at, worker=worker, last_error=last_error, result=value,
+        args=args, kwargs=kwargs, unique_key=unique_key, deaths=deaths, finished_at=finished_at,
+    )
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``sqlite:///:memory:``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ConfigError(f"not an SQLite URL: {url!r}")
+    if parts.netloc:
+        raise ConfigError(
+            f"malformed SQLite URL {url!r}: use sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db (three slashes, then the path)"
+        )
+    path = urllib.parse.unquote(parts.path)
+    if path.startswith("/"):
+        path = path[1:]
+    if not path:
+        raise ConfigError(f"malformed SQLite URL {url!r}: no file path after sqlite:///")
+    options = dict(urllib.parse.parse_qsl(parts.query))
+    unknown = set(options) - {"synchronous", "busy_timeout"}
+    if unknown:
+        raise ConfigError(
+            f"unknown SQLite URL option(s) {', '.join(sorted(unknown))} in {url!r}; "
+            "known: synchronous=FULL|NORMAL, busy_timeout=SECONDS"
+        )
+    sync = options.get("synchronous", "FULL").upper()
+    if sync not in _SYNC_MODES:
+        raise ConfigError(f"synchronous={sync} in {url!r}: use FULL (default) or NORMAL")
+    options["synchronous"] = sync
+    return path, options
+
+
+class SQLiteBackend:
+    """The queue in one SQLite file (or in memory, for tests)."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        self.path, options = parse_url(url)
+        self.memory = self.path == ":memory:"
+        self.synchronous = options["synchronous"]
+        try:
+            self.busy_timeout = float(options.get("busy_timeout", "30"))
+        except ValueError:
+            raise ConfigError(f"busy_timeout in {url!r} must be a number of seconds") from None
+        self.capabilities = Capabilities(
+            transactional=True, death_detection="pid", multi_process=not self.memory
+        )
+        if not self.memory:
+            self.path = os.path.abspath(self.path)
+            folder = os.path.dirname(self.path)
+            if not os.path.isdir(folder):
+                raise BackendUnavailable(
+                    f"cannot open {self.path}: the folder {folder} does not exist"
+                )
+            if not create and not os.path.exists(self.path):
+                raise BackendUnavailable(
+                    f"database file {self.path} does not exist: check DATABASE_URL, "
+                    "or run `crashonly migrate` to create it"
+                )
+        self._local = threading.local()
+        self._shared: sqlite3.Connection | None = None
+        self._lock: AbstractContextManager[Any] = (
+            threading.RLock() if self.memory else nullcontext()
+        )
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._last_purge = 0.0
+        self._ready = False
+
+    # --- connections ------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                timeout=self.busy_timeout,
+                check_same_thread=not self.memory,
+                cached_statements=256,
+            )
+            if not self.memory:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise BackendUnavailable(f"cannot put {self.path} in WAL mode (got {mode})")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (the shared one for ``:memory:``), schema checked."""
+        if self.memory:
+            if self._shared is None:
+                self._shared = self._connect()
+                self._ensure_schema(self._shared)
+            return self._shared
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+            if not self._ready:
+                self._ensure_schema(conn)
+        return conn
+
+    def _translate(self, exc: sqlite3.Error) -> BackendError:
+        text = str(exc)
+        where = self.path
+        if "readonly" in text or "read-only" in text:
+            return BackendUnavailable(
+                f"database {where} is read-only: give this process write access to the file "
+                "and its folder (SQLite writes -wal and -shm files beside it)"
+            )
+        if "locked" in text or "busy" in text:
+            return BackendUnavailable(
+                f"database {where} is locked by another process for longer than "
+                f"{self.busy_timeout:g} s: find the process holding it, or raise "
+                "?busy_timeout= in the URL"
+            )
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return BackendUnavailable(
+                f"database {where} is corrupt or not an SQLite file ({text}): restore it from "
+                "a backup or point DATABASE_URL at another file"
+            )
+        if "unable to open" in text:
+            return BackendUnavailable(f"cannot open database {where}: {text}")
+        return BackendError(f"SQLite error on {where}: {text}")
+
+    @contextmanager
+    def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction, committed on success and rolled back otherwise."""
+        with self._lock:
+            conn = conn or self.conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as exc:
+                raise self._translate(exc) from exc
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise self._translate(exc) from exc
+
+    def _read(self, query: str, params: dict[str, Any] | Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self.conn.execute(query, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise self._translate(exc) from exc
+
+    # --- schema -----------------------------------------------------------------------------
+    def _version(self, conn: sqlite3.Connection) -> int:
+        try:
+            if not conn.execute(Q["has_meta"]).fetchall():
+                return 0
+            row = conn.execute(Q["schema_version"]).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
+        return int(row[0]) if row else 0
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        version = self._version(conn)
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"database {self.path} has crashonly schema version {version}, newer than "
+                f"this crashonly understands ({SCHEMA_VERSION}): upgrade crashonly"
+            )
+        if version < SCHEMA_VERSION:
+            self._migrate(conn)
+        self._ready = True
+
+    def _migrate(self, conn: sqlite3.Connection) -> int:
+        with self._write(conn):
+            version = self._version(conn)  # again, under the write lock
+            if version > SCHEMA_VERSION:
+                raise SchemaError(
+                    f"database {self.path} has crashonly schema version {version}, newer than "
+                    f"this crashonly understands ({SCHEMA_VERSION}): upgrade crashonly"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in Q[f"migration_{target}"].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(Q["set_schema_version"], {"version": str(target)})
+        return SCHEMA_VERSION
+
+    def migrate(self) -> int:
+        _ = self.conn  # opens, checks and migrates
+        return SCHEMA_VERSION
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+        self._shared = None
+
+    # --- producers --------------------------------------------------------------------------
+    def put(self, jobs: Sequence[NewJob], *, now: float, connection: Any = None) -> list[int]:
+        if not jobs:
+            return []
+        rows = [
+            {
+                "task": j.task, "queue": j.queue, "priority": j.priority, "payload": j.payload,
+                "max_attempts": j.max_attempts, "lease": j.lease, "run_at": j.run_at,
+                "now": now, "unique_key": j.unique_key,
+                "state": "scheduled" if j.run_at > now else "ready",
+            }
+            for j in jobs
+        ]
+        if connection is not None:
+            return self._put_rows(connection, rows)
+        with self._write() as conn:
+            return self._put_rows(conn, rows)
+
+    def _put_rows(self, conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> list[int]:
+        try:
+            if all(r["unique_key"] is None for r in rows):
+                # Under the write lock AUTOINCREMENT ids of one statement are consecutive.
+                conn.executemany(Q["insert_job"], rows)
+                last = conn.execute(Q["last_id"]).fetchone()[0]
+                return list(range(last - len(rows) + 1, last + 1))
+            ids: list[int] = []
+            for r in rows:
+                if r["unique_key"] is None:
+                    conn.execute(Q["insert_job"], r)
+                    ids.append(conn.execute(Q["last_id"]).fetchone()[0])
+                    continue
+                got = conn.execute(Q["insert_unique_job"], r).fetchone()
+                if got is None:
+                    got = conn.execute(Q["find_unique"], r).fetchone()
+                ids.append(got[0])
+            return ids
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
+
+    # --- consumers --------------------------------------------------------------------------
+    def reserve(
+        self,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        settle: Sequence[Settlement] = (),
+    ) -> tuple[list[Reservation], list[int]]:
+        if limit <= 0:
+            return [], self.settle(settle, now=now) if settle else []
+        try:
+            with self._write() as conn:
+                refused = self._settle(conn, settle, now) if settle else []
+                found = conn.execute(
+                    Q["claim_candidates"],
+                    {"now": now, "queues": json.dumps(list(queues)), "limit": limit},
+                ).fetchall()
+                if not found:
+                    return [], refused
+                if found[0][1]:  # suspected of killing its last holder: run it alone
+                    ids = [found[0][0]]
+                else:
+                    ids = []
+                    for job_id, alone in found:
+                        if alone:
+                            break
+                        ids.append(job_id)
+                token = secrets.randbits(62)
+                rows = conn.execute(
+                    Q["claim"],
+                    {"worker": worker_id, "token": token, "now": now, "ids": json.dumps(ids)},
+                ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
+        rows.sort(key=lambda r: (r[4], r[10], r[0]))
+        return [
+            Reservation(job=_job(r), token=token, lease=r[9], payload=r[5]) for r in rows
+        ], refused
+
+    def settle(self, settlements: Sequence[Settlement], *, now: float) -> list[int]:
+        if not settlements:
+            return []
+        try:
+            with self._write() as conn:
+                return self._settle(conn, settlements, now)
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
+
+    @staticmethod
+    def _settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: float) -> list[int]:
+        refused: list[int] = []
+        for s in settlements:
+            params: dict[str, Any] = {"id": s.job_id, "token": s.token, "now": now}
+            if s.kind is SettlementKind.ACK:
+                params["result"] = s.result
+                query = Q["ack"]
+            elif s.kind is SettlementKind.RELEASE:
+                query = Q["release"]
+            elif s.kind is SettlementKind.FAIL:
+                params["error"], params["delay"] = s.error, max(0.0, s.delay)
+                query = Q["fail"]
+            else:
+                params["error"] = s.error
+                query = Q["bury_reserved"]
+            if conn.execute(query, params).rowcount != 1:
+                refused.append(s.job_id)
+        return refused
+
+    def touch(self, leases: Sequence[tuple[int, int]], *, now: float) -> list[int]:
+        if not leases:
+            return []
+        refused = []
+        try:
+            with self._write() as conn:
+                for job_id, token in leases:
+                    params = {"id": job_id, "token": token, "now": now}
+                    if conn.execute(Q["touch"], params).rowcount != 1:
+                        refused.append(job_id)
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
+        return refused
+
+    def run_transactional(
+        self,
+        reservation: Reservation,
+        fn: Callable[[Any], str | None],
+        *,
+        clock: Callable[[], float],
+    ) -> str | None:
+        try:
+            with self._write() as conn:
+                result = fn(conn)
+                params = {
+                    "id": reservation.job.id, "token": reservation.token,
+                    "now": clock(), "result": result,
+                }
+                if conn.execute(Q["ack"], params).rowcount != 1:
+                    raise StaleLease(
+                        f"job {reservation.job.id}: lease lost before commit; "
+                        "its writes were rolled back"
+                    )
+                return result
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        return self._write()
+
+    # --- recovery and workers -----------------------------------------------------------------
+    def _dead_workers(self) -> list[str]:
+        dead = []
+        for row in self._read(Q["workers"]):
+            identity = ProcessIdentity(host=row[1], boot_id=row[2], pid=row[3], start=row[4])
+            if is_alive(identity) is False:
+                dead.append(row[0])
+        return dead
+
+    def recover(
+        self, *, now: float, poison_after: int = 3, retention: float = 86400.0
+    ) -> RecoveryReport:
+        dead = self._dead_workers()
+        purge = now - self._last_purge >= _PURGE_EVERY
+        # Cheap reads first: a healthy queue needs no write lock here.
+        if not (
+            dead
+            or purge
+            or self._read(Q["orphans_exist"], {"now": now})
+            or self._read(Q["due_scheduled_exist"], {"now": now})
+        ):
+            return RecoveryReport()
+        requeued: list[int] = []
+        buried: list[int] = []
+        try:
+            with self._write() as conn:
+                for worker_id in dead:
+                    conn.execute(Q["deregister_worker"], {"id": worker_id})
+                orphans = conn.execute(Q["orphans"], {"now": now}).fetchall()
+                groups: dict[int, list[tuple[int, int, int, int]]] = {}
+                for job_id, token, deaths, attempts, max_attempts in orphans:
+                    groups.setdefault(token, []).append((job_id, deaths, attempts, max_attempts))
+                for token, members in groups.items():
+                    if len(members) > 1:
+                        # Held together, so which one (if any) killed the holder is unknown:
+                        # blame none, count no attempt, and run each alone next time.
+                        for job_id, *_ in members:
+                            conn.execute(Q["requeue_unblamed"], {"id": job_id, "token": token})
+                            requeued.append(job_id)
+                        continue
+                    job_id, deaths, attempts, max_attempts = members[0]
+                    params = {"id": job_id, "token": token, "now": now}
+                    if deaths + 1 >= poison_after:
+                        params["error"] = (
+                            f"poison: the worker running it died {deaths + 1} times in a row"
+                        )
+                        conn.execute(Q["bury_orphan"], params)
+                        buried.append(job_id)
+                    elif attempts >= max_attempts:
+                        params["error"] = (
+                            f"attempts exhausted ({attempts}/{max_attempts}); "
+                            "the last holder died or lost its lease"
+                        )
+                        conn.execute(Q["bury_orphan"], params)
+                        buried.append(job_id)
+                    else:
+                        params["error"] = "its worker died or its lease expired; requeued"
+                        conn.execute(Q["requeue_blamed"], params)
+                        requeued.append(job_id)
+                promoted = conn.execute(Q["promote"], {"now": now}).rowcount
+                purged = 0
+                if purge:
+                    purged = conn.execute(Q["purge"], {"before": now - retention}).rowcount
+                    self._last_purge = now
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
+        return RecoveryReport(
+            dead_workers=dead, requeued=requeued, buried=buried, promoted=promoted, purged=purged
+        )
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        from ..liveness import this_process
+
+        me = this_process()
+        params = {
+            "id": info.id, "host": info.host or me.host, "boot_id": me.boot_id,
+            "pid": info.pid, "pid_start": me.start if info.pid == me.pid else "",
+            "started_at": info.started_at, "heartbeat_at": info.heartbeat_at,
+            "queues": json.dumps(info.queues), "concurrency": info.concurrency,
+        }
+        with self._write() as conn:
+            conn.execute(Q["register_worker"], params)
+
+    def heartbeat(self, worker_id: str, *, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(Q["heartbeat"], {"id": worker_id, "now": now})
+
+    def deregister_worker(self, worker_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(Q["deregister_worker"], {"id": worker_id})
+
+    def workers(self) -> list[WorkerInfo]:
+        return [
+            WorkerInfo(
+                id=r[0], host=r[1], pid=r[3], started_at=r[5], heartbeat_at=r[6],
+                queues=json.loads(r[7]), concurrency=r[8],
+            )
+            for r in self._read(Q["workers"])
+        ]
+
+    # --- inspection and admin -----------------------------------------------------------------
+    def get(self, job_id: int) -> Job | None:
+        rows = self._read(Q["get"], {"id": job_id})
+        return _job(rows[0]) if rows else None
+
+    def list(
+        self, *, state: JobState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        params = {"state": state.value if state else None, "queue": queue, "limit": limit}
+        return [_job(r) for r in self._read(Q["list"], params)]
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for queue, state, count in self._read(Q["stats"]):
+            out.setdefault(queue, {s.value: 0 for s in JobState})[state] = count
+        return out
+
+    def kick(self, job_ids: Sequence[int] | None, *, now: float) -> int:
+        with self._write() as conn:
+            if job_ids is None:
+                return conn.execute(Q["kick_all"], {"now": now}).rowcount
+            return sum(conn.execute(Q["kick"], {"id": i, "now": now}).rowcount for i in job_ids)
+
+    def delete(self, job_id: int) -> bool:
+        with self._write() as conn:
+            return conn.execute(Q["delete"], {"id": job_id}).rowcount == 1
+
+    def bury(self, job_id: int, reason: str, *, now: float) -> bool:
+        with self._write() as conn:
+            params = {"id": job_id, "error": reason, "now": now}
+            return conn.execute(Q["bury"], params).rowcount == 1
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Poll ``PRAGMA data_version`` (a counter bumped by other connections' commits)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            conn = self.conn
+            start = conn.execute("PRAGMA data_version").fetchone()[0]
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(0.01, remaining))
+            with self._lock:
+                if conn.execute("PRAGMA data_version").fetchone()[0] != start:
+                    return True

@@ -1,0 +1,224 @@
+-- SQLite dialect of the crashonly queue. Parameters are always bound (named :params).
+-- Times are REAL seconds since the epoch. Lower priority numbers run first.
+
+-- name: migration_1
+CREATE TABLE IF NOT EXISTS crashonly_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS crashonly_jobs (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    task             TEXT    NOT NULL,
+    queue            TEXT    NOT NULL,
+    state            TEXT    NOT NULL,
+    priority         INTEGER NOT NULL,
+    payload          TEXT    NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    max_attempts     INTEGER NOT NULL,
+    deaths           INTEGER NOT NULL DEFAULT 0,
+    alone            INTEGER NOT NULL DEFAULT 0,
+    lease_seconds    REAL    NOT NULL,
+    run_at           REAL    NOT NULL,
+    created_at       REAL    NOT NULL,
+    lease_expires_at REAL,
+    worker           TEXT,
+    token            INTEGER NOT NULL DEFAULT 0,
+    unique_key       TEXT,
+    last_error       TEXT,
+    result           TEXT,
+    finished_at      REAL
+);
+CREATE INDEX IF NOT EXISTS crashonly_jobs_claim
+    ON crashonly_jobs (queue, priority, run_at, id) WHERE state IN ('ready', 'scheduled');
+CREATE INDEX IF NOT EXISTS crashonly_jobs_reserved
+    ON crashonly_jobs (lease_expires_at) WHERE state = 'reserved';
+CREATE INDEX IF NOT EXISTS crashonly_jobs_done
+    ON crashonly_jobs (finished_at) WHERE state = 'done';
+CREATE UNIQUE INDEX IF NOT EXISTS crashonly_jobs_unique
+    ON crashonly_jobs (unique_key) WHERE unique_key IS NOT NULL AND state <> 'done';
+CREATE TABLE IF NOT EXISTS crashonly_workers (
+    id           TEXT PRIMARY KEY,
+    host         TEXT    NOT NULL,
+    boot_id      TEXT    NOT NULL,
+    pid          INTEGER NOT NULL,
+    pid_start    TEXT    NOT NULL,
+    started_at   REAL    NOT NULL,
+    heartbeat_at REAL    NOT NULL,
+    queues       TEXT    NOT NULL,
+    concurrency  INTEGER NOT NULL
+);
+
+-- name: schema_version
+SELECT value FROM crashonly_meta WHERE key = 'schema_version';
+
+-- name: set_schema_version
+INSERT INTO crashonly_meta (key, value) VALUES ('schema_version', :version)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: has_meta
+SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'crashonly_meta';
+
+-- name: insert_job
+INSERT INTO crashonly_jobs
+    (task, queue, state, priority, payload, max_attempts, lease_seconds, run_at, created_at,
+     unique_key)
+VALUES (:task, :queue, :state, :priority, :payload, :max_attempts, :lease, :run_at, :now,
+        :unique_key);
+
+-- name: insert_unique_job
+INSERT INTO crashonly_jobs
+    (task, queue, state, priority, payload, max_attempts, lease_seconds, run_at, created_at,
+     unique_key)
+VALUES (:task, :queue, :state, :priority, :payload, :max_attempts, :lease, :run_at, :now,
+        :unique_key)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state <> 'done' DO NOTHING
+RETURNING id;
+
+-- name: find_unique
+SELECT id FROM crashonly_jobs WHERE unique_key = :unique_key AND state <> 'done';
+
+-- name: last_id
+SELECT last_insert_rowid();
+
+-- name: claim_candidates
+SELECT id, alone FROM crashonly_jobs
+WHERE state IN ('ready', 'scheduled') AND run_at <= :now
+  AND queue IN (SELECT value FROM json_each(:queues))
+ORDER BY priority, run_at, id
+LIMIT :limit;
+
+-- name: claim
+UPDATE crashonly_jobs
+SET state = 'reserved', worker = :worker, token = :token, attempts = attempts + 1, alone = 0,
+    lease_expires_at = :now + lease_seconds
+WHERE id IN (SELECT value FROM json_each(:ids))
+RETURNING id, task, queue, state, priority, payload, attempts, max_attempts, deaths,
+          lease_seconds, run_at, created_at, lease_expires_at, worker, token, unique_key,
+          last_error, result, finished_at;
+
+-- name: ack
+UPDATE crashonly_jobs
+SET state = 'done', result = :result, finished_at = :now, lease_expires_at = NULL, deaths = 0
+WHERE id = :id AND token = :token AND state = 'reserved';
+
+-- name: release
+UPDATE crashonly_jobs
+SET state = 'ready', attempts = attempts - 1, lease_expires_at = NULL, worker = NULL,
+    deaths = 0
+WHERE id = :id AND token = :token AND state = 'reserved';
+
+-- name: fail
+UPDATE crashonly_jobs
+SET state = CASE WHEN attempts >= max_attempts THEN 'buried'
+                 WHEN :delay > 0 THEN 'scheduled' ELSE 'ready' END,
+    run_at = CASE WHEN attempts >= max_attempts THEN run_at ELSE :now + :delay END,
+    finished_at = CASE WHEN attempts >= max_attempts THEN :now END,
+    last_error = :error, lease_expires_at = NULL, worker = NULL, deaths = 0
+WHERE id = :id AND token = :token AND state = 'reserved';
+
+-- name: bury_reserved
+UPDATE crashonly_jobs
+SET state = 'buried', last_error = :error, finished_at = :now, lease_expires_at = NULL
+WHERE id = :id AND token = :token AND state = 'reserved';
+
+-- name: touch
+UPDATE crashonly_jobs SET lease_expires_at = :now + lease_seconds
+WHERE id = :id AND token = :token AND state = 'reserved';
+
+-- name: workers
+SELECT id, host, boot_id, pid, pid_start, started_at, heartbeat_at, queues, concurrency
+FROM crashonly_workers ORDER BY started_at;
+
+-- name: register_worker
+INSERT OR REPLACE INTO crashonly_workers
+    (id, host, boot_id, pid, pid_start, started_at, heartbeat_at, queues, concurrency)
+VALUES (:id, :host, :boot_id, :pid, :pid_start, :started_at, :heartbeat_at, :queues,
+        :concurrency);
+
+-- name: heartbeat
+UPDATE crashonly_workers SET heartbeat_at = :now WHERE id = :id;
+
+-- name: deregister_worker
+DELETE FROM crashonly_workers WHERE id = :id;
+
+-- name: orphans_exist
+SELECT 1 FROM crashonly_jobs
+WHERE state = 'reserved'
+  AND (lease_expires_at < :now
+       OR worker IS NULL
+       OR worker NOT IN (SELECT id FROM crashonly_workers))
+LIMIT 1;
+
+-- name: orphans
+SELECT id, token, deaths, attempts, max_attempts FROM crashonly_jobs
+WHERE state = 'reserved'
+  AND (lease_expires_at < :now
+       OR worker IS NULL
+       OR worker NOT IN (SELECT id FROM crashonly_workers))
+ORDER BY token, id;
+
+-- name: requeue_blamed
+UPDATE crashonly_jobs
+SET state = 'ready', deaths = deaths + 1, lease_expires_at = NULL, worker = NULL,
+    last_error = :error
+WHERE id = :id AND token = :token AND state = 'reserved';
+
+-- name: requeue_unblamed
+UPDATE crashonly_jobs
+SET state = 'ready', attempts = attempts - 1, alone = 1, lease_expires_at = NULL,
+    worker = NULL
+WHERE id = :id AND token = :token AND state = 'reserved';
+
+-- name: bury_orphan
+UPDATE crashonly_jobs
+SET state = 'buried', deaths = deaths + 1, last_error = :error, finished_at = :now,
+    lease_expires_at = NULL
+WHERE id = :id AND token = :token AND state = 'reserved';
+
+-- name: due_scheduled_exist
+SELECT 1 FROM crashonly_jobs
+WHERE state = 'scheduled' AND run_at <= :now LIMIT 1;
+
+-- name: promote
+UPDATE crashonly_jobs SET state = 'ready' WHERE state = 'scheduled' AND run_at <= :now;
+
+-- name: purge
+DELETE FROM crashonly_jobs WHERE state = 'done' AND finished_at < :before;
+
+-- name: get
+SELECT id, task, queue, state, priority, payload, attempts, max_attempts, deaths,
+       lease_seconds, run_at, created_at, lease_expires_at, worker, token, unique_key,
+       last_error, result, finished_at
+FROM crashonly_jobs WHERE id = :id;
+
+-- name: list
+SELECT id, task, queue, state, priority, payload, attempts, max_attempts, deaths,
+       lease_seconds, run_at, created_at, lease_expires_at, worker, token, unique_key,
+       last_error, result, finished_at
+FROM crashonly_jobs
+WHERE (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: stats
+SELECT queue, state, count(*) FROM crashonly_jobs GROUP BY queue, state;
+
+-- name: kick
+UPDATE crashonly_jobs
+SET state = 'ready', attempts = 0, deaths = 0, run_at = :now, finished_at = NULL,
+    worker = NULL
+WHERE state = 'buried' AND id = :id;
+
+-- name: kick_all
+UPDATE crashonly_jobs
+SET state = 'ready', attempts = 0, deaths = 0, run_at = :now, finished_at = NULL,
+    worker = NULL
+WHERE state = 'buried';
+
+-- name: delete
+DELETE FROM crashonly_jobs WHERE id = :id;
+
+-- name: bury
+UPDATE crashonly_jobs
+SET state = 'buried', last_error = :error, finished_at = :now
+WHERE id = :id AND state IN ('ready', 'scheduled');

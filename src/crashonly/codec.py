@@ -1,0 +1,48 @@
+"""JSON encoding of payloads and results. Never pickle: a payload is data, not code."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import SerializationError
+
+__all__ = ["decode", "encode_payload", "encode_result"]
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def encode_payload(task: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
+    """Encode a call; on failure name the argument that could not be encoded."""
+    try:
+        return _encoder.encode({"args": list(args), "kwargs": kwargs})
+    except (TypeError, ValueError) as exc:
+        for i, value in enumerate(args):
+            _check(value, f"argument {i} of {task}", exc)
+        for key, value in kwargs.items():
+            _check(value, f"keyword argument {key!r} of {task}", exc)
+        raise SerializationError(f"arguments of {task} are not JSON-serialisable: {exc}") from exc
+
+
+def encode_result(value: Any) -> str:
+    try:
+        return _encoder.encode(value)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"the job's return value is not JSON-serialisable ({type(value).__name__}): {exc}"
+        ) from exc
+
+
+def decode(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _check(value: Any, where: str, cause: Exception) -> None:
+    try:
+        _encoder.encode(value)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"{where} is not JSON-serialisable ({type(value).__name__}): {exc}. "
+            "Pass plain data (str, int, float, bool, None, list, dict) such as an id, "
+            "and load the object inside the task."
+        ) from cause

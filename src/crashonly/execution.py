@@ -1,0 +1,177 @@
+"""Running one reserved job: resolve its task, decode its call, run it, and decide its fate.
+
+Shared by the in-process runner (:meth:`crashonly.App.run_worker_once`) and the worker process,
+so "what happens to a job" is written once. The result is an :class:`Outcome`: the settlement to
+apply (ack, release, fail, bury), or none when a transactional task already committed its ack.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import codec
+from .context import JobContext, _enter, _exit
+from .errors import Cancelled, Retry, SerializationError, StaleLease
+from .job import Reservation, Settlement, SettlementKind
+
+if TYPE_CHECKING:
+    from .app import App, Task
+
+__all__ = ["Outcome", "Prepared", "backoff_delay", "conclude", "prepare", "run_sync"]
+
+MAX_BACKOFF = 3600.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Outcome:
+    """How a job ended this time. ``status``: succeeded, failed, retrying, buried, released, lost."""
+
+    status: str
+    settlement: Settlement | None
+    error: str | None = None
+    duration: float = 0.0
+
+
+@dataclass(kw_only=True, slots=True)
+class Prepared:
+    reservation: Reservation
+    task: Task
+    args: list[Any]
+    kwargs: dict[str, Any]
+    context: JobContext
+
+
+def backoff_delay(task: Task, attempt: int) -> float:
+    """Exponential backoff with jitter: ``base * 2**(attempt-1)``, capped at an hour, ×[0.5, 1.5)."""
+    if callable(task.retry_backoff):
+        return max(0.0, float(task.retry_backoff(attempt)))
+    base = float(task.retry_backoff)
+    return min(MAX_BACKOFF, base * 2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)
+
+
+def _settle(r: Reservation, kind: SettlementKind, **kw: Any) -> Settlement:
+    return Settlement(job_id=r.job.id, token=r.token, kind=kind, **kw)
+
+
+def prepare(app: App, r: Reservation, cancelled: threading.Event | None = None) -> Prepared | Outcome:
+    """Find the task and decode the call; a job that cannot be run is buried with the reason."""
+    task = app.tasks.get(r.job.task)
+    if task is None:
+        reason = (
+            f"unknown task {r.job.task!r}: no task of that name is registered in this app "
+            f"(known: {', '.join(sorted(app.tasks)) or 'none'})"
+        )
+        return Outcome(status="buried", error=reason,
+                       settlement=_settle(r, SettlementKind.BURY, error=reason))
+    try:
+        call = json.loads(r.payload)
+        args, kwargs = call["args"], call["kwargs"]
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise TypeError("args must be a list and kwargs an object")
+    except (ValueError, TypeError, KeyError) as exc:
+        reason = f"undecodable payload: {exc}"
+        return Outcome(status="buried", error=reason,
+                       settlement=_settle(r, SettlementKind.BURY, error=reason))
+    context = JobContext(
+        id=r.job.id, task=task.name, queue=r.job.queue, attempt=r.job.attempts,
+        max_attempts=r.job.max_attempts, idempotency_key=r.job.idempotency_key,
+        scratch=tempfile.mkdtemp(prefix=f"crashonly-job-{r.job.id}-"),
+        cancelled=cancelled or threading.Event(),
+    )
+    return Prepared(reservation=r, task=task, args=args, kwargs=kwargs, context=context)
+
+
+def conclude(p: Prepared, started: float, exc: BaseException | None, result: Any = None,
+             *, acked: bool = False) -> Outcome:
+    """Turn what the handler did into an outcome; always removes the scratch directory."""
+    shutil.rmtree(p.context.scratch, ignore_errors=True)
+    r, task = p.reservation, p.task
+    duration = time.monotonic() - started
+    if exc is None and task.timeout is not None and duration > task.timeout and not acked:
+        exc = TimeoutError(f"took {duration:.3f} s, over its timeout of {task.timeout:g} s")
+    if exc is None:
+        if acked:
+            return Outcome(status="succeeded", settlement=None, duration=duration)
+        try:
+            encoded = codec.encode_result(result)
+        except SerializationError as err:
+            exc = err
+        else:
+            return Outcome(status="succeeded", duration=duration,
+                           settlement=_settle(r, SettlementKind.ACK, result=encoded))
+    if isinstance(exc, StaleLease):
+        return Outcome(status="lost", settlement=None, error=str(exc), duration=duration)
+    if isinstance(exc, Cancelled) or type(exc).__name__ == "CancelledError":
+        return Outcome(status="released", duration=duration,
+                       settlement=_settle(r, SettlementKind.RELEASE))
+    if isinstance(exc, Retry):
+        delay = exc.delay if exc.delay is not None else backoff_delay(task, r.job.attempts)
+        error = f"Retry: {exc.reason}"
+    else:
+        delay = backoff_delay(task, r.job.attempts)
+        error = "".join(traceback.format_exception(exc)).rstrip()
+    status = "buried" if r.job.attempts >= r.job.max_attempts else "retrying"
+    return Outcome(status=status, error=error, duration=duration,
+                   settlement=_settle(r, SettlementKind.FAIL, error=error, delay=delay))
+
+
+def run_sync(app: App, r: Reservation, cancelled: threading.Event | None = None) -> Outcome:
+    """Run a sync task in this thread (a transactional one inside its ack's transaction)."""
+    p = prepare(app, r, cancelled)
+    if isinstance(p, Outcome):
+        return p
+    handler: Callable[..., Any] = p.task.fn
+    token = _enter(p.context)
+    started = time.monotonic()
+    try:
+        if p.task.transactional:
+            def body(conn: Any) -> str | None:
+                p.context.db = conn
+                return codec.encode_result(handler(*p.args, **p.kwargs))
+
+            app.backend.run_transactional(r, body, clock=app.clock)
+            return conclude(p, started, None, acked=True)
+        return conclude(p, started, None, handler(*p.args, **p.kwargs))
+    except BaseException as exc:  # Cancelled is a BaseException by design
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return conclude(p, started, exc)
+    finally:
+        p.context.db = None
+        _exit(token)
+
+
+async def run_async(app: App, p: Prepared) -> Outcome:
+    """Run an async task on the current event loop; ``asyncio.CancelledError`` releases it."""
+    handler: Callable[..., Awaitable[Any]] = p.task.fn
+    token = _enter(p.context)
+    started = time.monotonic()
+    try:
+        coro = handler(*p.args, **p.kwargs)
+        if p.task.timeout is not None:
+            import asyncio
+
+            try:
+                result = await asyncio.wait_for(coro, p.task.timeout)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"cancelled after its timeout of {p.task.timeout:g} s"
+                ) from None
+        else:
+            result = await coro
+        return conclude(p, started, None, result)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return conclude(p, started, exc)
+    finally:
+        _exit(token)

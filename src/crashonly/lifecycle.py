@@ -1,0 +1,96 @@
+"""How a crashonly process starts and stops, written once for worker, web and supervisor.
+
+* Signal handlers only record the signal and set an event (Python runs handlers in the main
+  thread between bytecodes; a handler that does I/O or takes locks can deadlock). The process's
+  own loop reads the event and acts. Installing handlers returns the previous ones, restored by
+  :meth:`Shutdown.restore`.
+* The first SIGTERM/SIGINT asks for a graceful stop; a second one asks to stop *now*.
+* Readiness is announced with the systemd notify protocol (``READY=1``, ``STOPPING=1`` on the
+  datagram socket named by ``$NOTIFY_SOCKET``), which ``crashonly up`` and systemd
+  ``Type=notify`` both understand. Without ``$NOTIFY_SOCKET`` it does nothing.
+* :func:`die_with_parent` makes a child exit when its supervisor dies (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+__all__ = ["Shutdown", "die_with_parent", "notify"]
+
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+class Shutdown:
+    """Turns SIGTERM/SIGINT into events: ``requested`` on the first, ``immediate`` on the second."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)):
+        self.signals = signals
+        self.requested = threading.Event()
+        self.immediate = threading.Event()
+        self.received: list[int] = []
+        self._previous: dict[signal.Signals, Handler] = {}
+        self._wakeups: list[Callable[[], None]] = []
+
+    def install(self) -> Shutdown:
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def on_signal(self, wake: Callable[[], None]) -> None:
+        """Also call ``wake`` (which must be signal-safe: set an event, put to a queue)."""
+        self._wakeups.append(wake)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+        if self.requested.is_set():
+            self.immediate.set()
+        self.requested.set()
+        for wake in self._wakeups:
+            wake()
+
+    def request(self, immediate: bool = False) -> None:
+        """Ask for a stop from inside the process (tests, fatal errors)."""
+        self._handle(signal.SIGTERM, None)
+        if immediate:
+            self.immediate.set()
+
+
+def notify(state: str) -> bool:
+    """Send ``state`` (e.g. ``"READY=1"``) to ``$NOTIFY_SOCKET``; False if there is none."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError:
+        return False
+    return True
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), sig)
