@@ -1,0 +1,68 @@
+"""The contract suite runs every test against every backend.
+
+A backend is a factory ``(tmp_path, request) -> url``; add one to ``BACKENDS`` and the whole
+suite runs on it. A backend lacking a capability skips exactly those tests, by declaration
+(``needs(app, "transactional")``), never by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import crashonly
+
+
+class FakeClock:
+    """Injected time: tests advance it instead of sleeping."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _sqlite(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return f"sqlite:///{tmp_path / 'contract.db'}"
+
+
+def _sqlite_memory(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return "sqlite:///:memory:"
+
+
+BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], str]] = {
+    "sqlite": _sqlite,
+    "sqlite-memory": _sqlite_memory,
+}
+
+try:  # the PostgreSQL factory lives beside its backend's tests
+    from tests.semantics.postgres_factory import postgres_url
+
+    BACKENDS["postgres"] = postgres_url
+except ImportError:
+    pass
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def app(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[crashonly.App]:
+    url = BACKENDS[request.param](tmp_path, request)
+    application = crashonly.App(url, clock=clock)
+    application.backend_name = request.param  # type: ignore[attr-defined]
+    yield application
+    application.close()
+
+
+def needs(app: crashonly.App, capability: str) -> None:
+    if not getattr(app.backend.capabilities, capability):
+        pytest.skip(f"{app.backend_name} declares no {capability}")  # type: ignore[attr-defined]
