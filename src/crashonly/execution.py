@@ -124,11 +124,18 @@ def conclude(p: Prepared, started: float, exc: BaseException | None, result: Any
                    settlement=_settle(r, SettlementKind.FAIL, error=error, delay=delay))
 
 
-def run_sync(app: App, r: Reservation, cancelled: threading.Event | None = None) -> Outcome:
-    """Run a sync task in this thread (a transactional one inside its ack's transaction)."""
+def run_sync(
+    app: App, r: Reservation, cancelled: threading.Event | None = None,
+    on_start: Callable[[JobContext], None] | None = None,
+) -> Outcome:
+    """Run a sync task in this thread (a transactional one inside its ack's transaction).
+    ``on_start`` sees the job's context first (the worker keeps it to abort the job's
+    transaction if the job outlives the shutdown grace)."""
     p = prepare(app, r, cancelled)
     if isinstance(p, Outcome):
         return p
+    if on_start is not None:
+        on_start(p.context)
     handler: Callable[..., Any] = p.task.fn
     token = _enter(p.context)
     started = time.monotonic()

@@ -114,6 +114,11 @@ class Backend(Protocol):
         """A write transaction on this backend's database, yielding a DB-API connection."""
         ...
 
+    def abort(self, connection: Any) -> None:
+        """Roll back (from another thread) the transaction a transactional job holds open on
+        ``connection``; used only when a job outlives the worker's shutdown grace."""
+        ...
+
     # --- recovery and workers -----------------------------------------------------------------
     def recover(
         self, *, now: float, poison_after: int = 3, retention: float = 86400.0

@@ -141,7 +141,7 @@ class SQLiteBackend:
                 self.path,
                 isolation_level=None,
                 timeout=self.busy_timeout,
-                check_same_thread=not self.memory,
+                check_same_thread=False,  # see abort()
                 cached_statements=256,
             )
             if not self.memory:
@@ -421,6 +421,17 @@ class SQLiteBackend:
 
     def transaction(self) -> AbstractContextManager[Any]:
         return self._write()
+
+    def abort(self, connection: Any) -> None:
+        """Roll back a transaction another thread left open: a transactional job that outlived
+        the shutdown grace holds SQLite's write lock, and the worker must release its jobs
+        before exiting. (SQLite connections are serialized, so this is safe across threads.)"""
+        try:
+            connection.interrupt()
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
     # --- recovery and workers -----------------------------------------------------------------
     def _dead_workers(self) -> list[str]:
