@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import socket
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -106,7 +104,7 @@ class Task(Generic[P, R]):
         self.retry_backoff = retry_backoff
         self.transactional = transactional
         self.timeout = timeout
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.is_async = _is_async(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -214,7 +212,7 @@ class App:
 
         def register(f: Callable[P, R]) -> Task[P, R]:
             task_name = name or f"{f.__module__}.{f.__qualname__}"
-            if transactional and inspect.iscoroutinefunction(f):
+            if transactional and _is_async(f):
                 raise ConfigError(
                     f"task {task_name}: transactional tasks must be plain (sync) functions"
                 )
@@ -326,7 +324,7 @@ class App:
 
         backend = self.backend
         if self._local_worker is None:
-            self._local_worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            self._local_worker = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
             now = self.clock()
             backend.register_worker(WorkerInfo(
                 id=self._local_worker, host=socket.gethostname(), pid=os.getpid(),
@@ -361,6 +359,12 @@ class App:
                 break
             total += ran
         return total
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """``inspect.iscoroutinefunction`` without importing inspect (≈15 ms of worker start-up)."""
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    return bool(code is not None and code.co_flags & 0x80)  # CO_COROUTINE
 
 
 def _options(options: Mapping[str, Any]) -> EnqueueOptions:

@@ -20,7 +20,6 @@ deregister, exit. A second signal ends the grace at once.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import os
 import queue
@@ -28,7 +27,6 @@ import random
 import socket
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,6 +39,8 @@ from ..lifecycle import Shutdown, notify
 from .events import EventLog
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ..app import App
     from ..context import JobContext
 
@@ -90,7 +90,7 @@ class Worker:
         self.app = app
         self.config = config
         self.backend = app.backend
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.log = log or EventLog(config.log_format, worker=self.id)
         self.log.worker = self.id
         self.started_at = started_at
@@ -336,6 +336,8 @@ class Worker:
 
     # --- helper threads ---------------------------------------------------------------------
     def _start_loop(self) -> None:
+        import asyncio  # only apps with async tasks pay for it (≈30 ms)
+
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
 

@@ -1,0 +1,287 @@
+-- PostgreSQL dialect of the crashonly queue. Parameters are always bound (%(name)s).
+-- {schema} is the quoted schema identifier, substituted once when the file is loaded (an
+-- identifier cannot be bound); the schema name is validated as a plain lowercase identifier.
+-- Times are float8 seconds since the epoch, passed in by the caller's clock. Lower priority
+-- numbers run first.
+
+-- name: migration_1
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {schema}.jobs (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task             text    NOT NULL,
+    queue            text    NOT NULL,
+    state            text    NOT NULL
+        CHECK (state IN ('scheduled', 'ready', 'reserved', 'done', 'buried')),
+    priority         integer NOT NULL,
+    payload          text    NOT NULL,
+    attempts         integer NOT NULL DEFAULT 0,
+    max_attempts     integer NOT NULL,
+    deaths           integer NOT NULL DEFAULT 0,
+    alone            boolean NOT NULL DEFAULT false,
+    lease_seconds    float8  NOT NULL,
+    run_at           float8  NOT NULL,
+    created_at       float8  NOT NULL,
+    lease_expires_at float8,
+    worker           text,
+    token            bigint  NOT NULL DEFAULT 0,
+    unique_key       text,
+    last_error       text,
+    result           text,
+    finished_at      float8
+) WITH (fillfactor = 80);
+CREATE INDEX IF NOT EXISTS jobs_claim
+    ON {schema}.jobs (queue, priority, run_at, id) WHERE state IN ('ready', 'scheduled');
+CREATE INDEX IF NOT EXISTS jobs_reserved
+    ON {schema}.jobs (lease_expires_at) WHERE state = 'reserved';
+CREATE INDEX IF NOT EXISTS jobs_done
+    ON {schema}.jobs (finished_at) WHERE state = 'done';
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique
+    ON {schema}.jobs (unique_key) WHERE unique_key IS NOT NULL AND state <> 'done';
+-- A worker is alive while the session advisory lock on lock_key is held; locked_at (server
+-- clock) tells a lock lost to a server restart from one lost to a death.
+CREATE TABLE IF NOT EXISTS {schema}.workers (
+    id           text PRIMARY KEY,
+    host         text        NOT NULL,
+    pid          integer     NOT NULL,
+    started_at   float8      NOT NULL,
+    heartbeat_at float8      NOT NULL,
+    queues       text        NOT NULL,
+    concurrency  integer     NOT NULL,
+    lock_key     bigint      NOT NULL,
+    locked_at    timestamptz NOT NULL DEFAULT now()
+);
+-- Wake-ups: whatever makes a job ready (put, release, retry, recovery, kick, promotion)
+-- notifies at commit, so an enqueue in a transaction that rolls back wakes nobody.
+CREATE OR REPLACE FUNCTION {schema}.notify_ready() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('crashonly_' || TG_TABLE_SCHEMA, q.queue)
+    FROM (SELECT DISTINCT queue FROM changed WHERE state = 'ready') AS q;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER jobs_notify_insert
+    AFTER INSERT ON {schema}.jobs REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.notify_ready();
+CREATE OR REPLACE TRIGGER jobs_notify_update
+    AFTER UPDATE ON {schema}.jobs REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.notify_ready();
+
+-- name: schema_exists
+SELECT to_regclass('{schema}.meta') IS NOT NULL;
+
+-- name: schema_version
+SELECT value FROM {schema}.meta WHERE key = 'schema_version';
+
+-- name: set_schema_version
+INSERT INTO {schema}.meta (key, value) VALUES ('schema_version', %(version)s)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: lock_migrations
+SELECT pg_advisory_xact_lock(%(key)s);
+
+-- name: insert_jobs
+-- Ids come from one sequence in row order, so sorted ids match the input order.
+INSERT INTO {schema}.jobs
+    (task, queue, state, priority, payload, max_attempts, lease_seconds, run_at, created_at)
+SELECT t.task, t.queue, t.state, t.priority, t.payload, t.max_attempts, t.lease, t.run_at,
+       %(now)s
+FROM unnest(%(task)s::text[], %(queue)s::text[], %(state)s::text[], %(priority)s::int[],
+            %(payload)s::text[], %(max_attempts)s::int[], %(lease)s::float8[],
+            %(run_at)s::float8[])
+     WITH ORDINALITY AS t(task, queue, state, priority, payload, max_attempts, lease, run_at, n)
+ORDER BY t.n
+RETURNING id;
+
+-- name: insert_unique_job
+INSERT INTO {schema}.jobs
+    (task, queue, state, priority, payload, max_attempts, lease_seconds, run_at, created_at,
+     unique_key)
+VALUES (%(task)s, %(queue)s, %(state)s, %(priority)s, %(payload)s, %(max_attempts)s,
+        %(lease)s, %(run_at)s, %(now)s, %(unique_key)s)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state <> 'done' DO NOTHING
+RETURNING id;
+
+-- name: find_unique
+SELECT id FROM {schema}.jobs WHERE unique_key = %(unique_key)s AND state <> 'done';
+
+-- name: claim
+-- Lock up to :limit candidates, then keep a prefix: a job suspected of killing its last holder
+-- (alone) is taken only as the first and only job of a batch, so a later death is its own.
+WITH candidates AS (
+    SELECT id, alone, priority, run_at FROM {schema}.jobs
+    WHERE state IN ('ready', 'scheduled') AND run_at <= %(now)s AND queue = ANY(%(queues)s)
+    ORDER BY priority, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), ranked AS (
+    SELECT id,
+           row_number() OVER w AS n,
+           count(*) FILTER (WHERE alone) OVER w AS alone_so_far
+    FROM candidates
+    WINDOW w AS (ORDER BY priority, run_at, id)
+)
+UPDATE {schema}.jobs AS j
+SET state = 'reserved', worker = %(worker)s, token = %(token)s, attempts = j.attempts + 1,
+    alone = false, lease_expires_at = %(now)s + j.lease_seconds
+FROM ranked
+WHERE j.id = ranked.id AND (ranked.n = 1 OR ranked.alone_so_far = 0)
+RETURNING j.id, j.task, j.queue, j.state, j.priority, j.payload, j.attempts, j.max_attempts,
+          j.deaths, j.lease_seconds, j.run_at, j.created_at, j.lease_expires_at, j.worker,
+          j.token, j.unique_key, j.last_error, j.result, j.finished_at;
+
+-- name: settle
+-- Acks, releases, failures and burials of a batch in one statement; fenced by the token.
+UPDATE {schema}.jobs AS j
+SET state = CASE
+        WHEN s.kind = 'ack' THEN 'done'
+        WHEN s.kind = 'release' THEN 'ready'
+        WHEN s.kind = 'bury' OR j.attempts >= j.max_attempts THEN 'buried'
+        WHEN s.delay > 0 THEN 'scheduled'
+        ELSE 'ready' END,
+    result = CASE WHEN s.kind = 'ack' THEN s.result ELSE j.result END,
+    attempts = CASE WHEN s.kind = 'release' THEN j.attempts - 1 ELSE j.attempts END,
+    run_at = CASE WHEN s.kind = 'fail' AND j.attempts < j.max_attempts
+                  THEN %(now)s + s.delay ELSE j.run_at END,
+    finished_at = CASE
+        WHEN s.kind IN ('ack', 'bury') THEN %(now)s
+        WHEN s.kind = 'release' THEN j.finished_at
+        WHEN j.attempts >= j.max_attempts THEN %(now)s END,
+    last_error = CASE WHEN s.kind IN ('fail', 'bury') THEN s.error ELSE j.last_error END,
+    worker = CASE WHEN s.kind IN ('release', 'fail') THEN NULL ELSE j.worker END,
+    deaths = CASE WHEN s.kind = 'bury' THEN j.deaths ELSE 0 END,
+    lease_expires_at = NULL
+FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[], %(kinds)s::text[], %(results)s::text[],
+            %(errors)s::text[], %(delays)s::float8[])
+     AS s(id, token, kind, result, error, delay)
+WHERE j.id = s.id AND j.token = s.token AND j.state = 'reserved'
+RETURNING j.id;
+
+-- name: ack
+UPDATE {schema}.jobs
+SET state = 'done', result = %(result)s, finished_at = %(now)s, lease_expires_at = NULL,
+    deaths = 0
+WHERE id = %(id)s AND token = %(token)s AND state = 'reserved';
+
+-- name: touch
+UPDATE {schema}.jobs AS j SET lease_expires_at = %(now)s + j.lease_seconds
+FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS s(id, token)
+WHERE j.id = s.id AND j.token = s.token AND j.state = 'reserved'
+RETURNING j.id;
+
+-- name: workers
+SELECT id, host, pid, started_at, heartbeat_at, queues, concurrency
+FROM {schema}.workers ORDER BY started_at, id;
+
+-- name: register_worker
+INSERT INTO {schema}.workers
+    (id, host, pid, started_at, heartbeat_at, queues, concurrency, lock_key, locked_at)
+VALUES (%(id)s, %(host)s, %(pid)s, %(started_at)s, %(heartbeat_at)s, %(queues)s,
+        %(concurrency)s, %(lock_key)s, now())
+ON CONFLICT (id) DO UPDATE
+SET host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
+    heartbeat_at = excluded.heartbeat_at, queues = excluded.queues,
+    concurrency = excluded.concurrency, lock_key = excluded.lock_key, locked_at = now();
+
+-- name: take_worker_lock
+SELECT pg_advisory_lock(%(key)s);
+
+-- name: heartbeat
+UPDATE {schema}.workers SET heartbeat_at = %(now)s WHERE id = %(id)s;
+
+-- name: deregister_worker
+DELETE FROM {schema}.workers WHERE id = %(id)s;
+
+-- name: lock_recovery
+SELECT pg_try_advisory_xact_lock(%(key)s);
+
+-- name: delete_dead_workers
+-- Dead: nobody holds its lock (trying it ourselves is the test, and holding it to commit keeps
+-- a reconnecting worker from re-registering halfway through). A lock that predates the
+-- server's start was lost to the restart, not to a death: its worker gets :grace seconds to
+-- reconnect and take it again before it counts as dead.
+DELETE FROM {schema}.workers
+WHERE CASE WHEN locked_at > pg_postmaster_start_time()
+             OR clock_timestamp() > pg_postmaster_start_time() + make_interval(secs => %(grace)s)
+           THEN pg_try_advisory_xact_lock(lock_key)
+           ELSE false END
+RETURNING id;
+
+-- name: orphans
+SELECT j.id, j.token, j.deaths, j.attempts, j.max_attempts FROM {schema}.jobs AS j
+WHERE j.state = 'reserved'
+  AND (j.lease_expires_at < %(now)s
+       OR j.worker IS NULL
+       OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = j.worker))
+ORDER BY j.token, j.id
+FOR UPDATE OF j SKIP LOCKED;
+
+-- name: requeue_unblamed
+-- Held together with others, so which one (if any) killed the holder is unknown: blame none,
+-- count no attempt, and run each alone next time.
+UPDATE {schema}.jobs
+SET state = 'ready', attempts = attempts - 1, alone = true, lease_expires_at = NULL,
+    worker = NULL
+WHERE id = ANY(%(ids)s) AND token = %(token)s AND state = 'reserved';
+
+-- name: requeue_blamed
+UPDATE {schema}.jobs
+SET state = 'ready', deaths = deaths + 1, lease_expires_at = NULL, worker = NULL,
+    last_error = %(error)s
+WHERE id = %(id)s AND token = %(token)s AND state = 'reserved';
+
+-- name: bury_orphan
+UPDATE {schema}.jobs
+SET state = 'buried', deaths = deaths + 1, last_error = %(error)s, finished_at = %(now)s,
+    lease_expires_at = NULL
+WHERE id = %(id)s AND token = %(token)s AND state = 'reserved';
+
+-- name: promote
+UPDATE {schema}.jobs SET state = 'ready'
+WHERE state = 'scheduled' AND run_at <= %(now)s;
+
+-- name: purge
+DELETE FROM {schema}.jobs WHERE state = 'done' AND finished_at < %(before)s;
+
+-- name: get
+SELECT id, task, queue, state, priority, payload, attempts, max_attempts, deaths,
+       lease_seconds, run_at, created_at, lease_expires_at, worker, token, unique_key,
+       last_error, result, finished_at
+FROM {schema}.jobs WHERE id = %(id)s;
+
+-- name: list
+SELECT id, task, queue, state, priority, payload, attempts, max_attempts, deaths,
+       lease_seconds, run_at, created_at, lease_expires_at, worker, token, unique_key,
+       last_error, result, finished_at
+FROM {schema}.jobs
+WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: stats
+SELECT queue, state, count(*) FROM {schema}.jobs GROUP BY queue, state;
+
+-- name: kick
+UPDATE {schema}.jobs
+SET state = 'ready', attempts = 0, deaths = 0, run_at = %(now)s, finished_at = NULL,
+    worker = NULL
+WHERE state = 'buried' AND id = ANY(%(ids)s);
+
+-- name: kick_all
+UPDATE {schema}.jobs
+SET state = 'ready', attempts = 0, deaths = 0, run_at = %(now)s, finished_at = NULL,
+    worker = NULL
+WHERE state = 'buried';
+
+-- name: delete
+DELETE FROM {schema}.jobs WHERE id = %(id)s;
+
+-- name: bury
+UPDATE {schema}.jobs
+SET state = 'buried', last_error = %(error)s, finished_at = %(now)s
+WHERE id = %(id)s AND state IN ('ready', 'scheduled');

@@ -1,0 +1,319 @@
+"""uvicorn under crashonly's life cycle.
+
+uvicorn parses HTTP; this module decides how the process starts and stops.
+
+Starting: the listening sockets exist before the app is imported (so connections that arrive
+meanwhile wait in the accept queue instead of being refused), the lifespan runs, then
+``READY=1`` goes to ``$NOTIFY_SOCKET``.
+
+Stopping, on the first SIGTERM/SIGINT (one function, :meth:`CrashonlyServer.shutdown`):
+
+1. :class:`~crashonly.web.drain.Drain` begins: ``/readyz`` says 503, responses say
+   ``Connection: close``, long-polls and event streams end with a reconnect hint.
+2. Connections already waiting in the accept queue are accepted, *then* our listening
+   descriptors are closed. uvicorn closes the listener first and resets a connection it has
+   accepted but whose request it has not read yet (uvicorn PR #3124); here every connection
+   that completed its handshake with this process gets its request served. Closing, never
+   ``shutdown()``, leaves a socket shared with other processes working for them.
+3. Busy connections finish their request and close. Idle keep-alive connections, and fresh ones
+   whose request has not arrived yet, get :data:`IDLE_LINGER` seconds for a request already on
+   its way; one that comes is served (with ``Connection: close``), then they are closed.
+4. At ``grace`` seconds whatever still runs is cancelled (the client gets 503 + ``Retry-After``
+   if its response had not started) and closed; the lifespan shutdown runs; exit 0.
+
+A second signal skips the waiting. Slow clients are bounded too: a request head must arrive
+within ``header_timeout`` of the connection (or of the previous response) or the connection is
+closed, which uvicorn alone does not do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ..lifecycle import Shutdown, notify
+from .drain import ASGIApp, Drain, FrontDoor
+from .listeners import describe
+
+__all__ = ["IDLE_LINGER", "CrashonlyServer", "ServeOptions", "serve"]
+
+log = logging.getLogger("crashonly.web")
+
+IDLE_LINGER = 0.5
+"""How long an idle connection stays open once draining starts: long enough for a request the
+client sent just before it saw us stop (it may sit unread in the socket buffer), short enough not
+to hold the exit up for clients that keep idle connections pooled."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServeOptions:
+    grace: float = 10.0
+    livez: str = "/livez"
+    readyz: str = "/readyz"
+    keep_alive: int = 5
+    header_timeout: float = 10.0
+    access_log: bool = False
+    root_path: str = ""
+    proxy_headers: bool = False
+    forwarded_allow_ips: str | None = None
+
+
+# --- connections --------------------------------------------------------------------------
+# The same four hooks on each uvicorn HTTP protocol (h11 always; httptools when installed).
+# ``conn`` is typed Any because uvicorn's protocols share these attributes by convention only.
+
+def _busy(conn: Any) -> bool:
+    return conn.cycle is not None and not conn.cycle.response_complete
+
+
+def _arm(conn: Any, delay: float) -> None:
+    timer: asyncio.TimerHandle | None = conn._co_timer
+    if timer is not None:
+        timer.cancel()
+    conn._co_timer = conn.loop.call_later(delay, _expire, conn)
+
+
+def _expire(conn: Any) -> None:
+    conn._co_timer = None
+    if not _busy(conn) and not conn.transport.is_closing():
+        conn.transport.close()
+
+
+def _on_connect(conn: Any) -> None:
+    conn._co_timer = None
+    _arm(conn, conn.config._co_header_timeout)
+    if conn.config._co_drain.draining:  # accepted from the queue after draining began
+        _drain_connection(conn)
+
+
+def _after_data(conn: Any) -> None:
+    if _busy(conn) and conn._co_timer is not None:  # the request head has arrived
+        conn._co_timer.cancel()
+        conn._co_timer = None
+
+
+def _after_response(conn: Any) -> None:
+    if conn.transport.is_closing() or _busy(conn):  # closed, or a pipelined request started
+        return
+    if conn.config._co_drain.draining:
+        _arm(conn, IDLE_LINGER)
+    else:
+        _arm(conn, conn.timeout_keep_alive + conn.config._co_header_timeout)
+
+
+def _drain_connection(conn: Any) -> None:
+    if _busy(conn):
+        conn.cycle.keep_alive = False
+        return
+    conn._unset_keepalive_if_required()
+    _arm(conn, IDLE_LINGER)
+
+
+def _lost(conn: Any) -> None:
+    timer: asyncio.TimerHandle | None = getattr(conn, "_co_timer", None)
+    if timer is not None:
+        timer.cancel()
+
+
+class DrainingH11Protocol(H11Protocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        _on_connect(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        _lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        _after_data(self)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        _after_response(self)
+
+    def shutdown(self) -> None:
+        _drain_connection(self)
+
+
+def _protocol_class(http: str) -> type[asyncio.Protocol]:
+    if http in ("auto", "httptools"):
+        try:
+            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        except ImportError:
+            if http == "httptools":
+                raise
+        else:
+            class DrainingHttpToolsProtocol(HttpToolsProtocol):
+                def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+                    super().connection_made(transport)
+                    _on_connect(self)
+
+                def connection_lost(self, exc: Exception | None) -> None:
+                    super().connection_lost(exc)
+                    _lost(self)
+
+                def data_received(self, data: bytes) -> None:
+                    super().data_received(data)
+                    _after_data(self)
+
+                def on_response_complete(self) -> None:
+                    super().on_response_complete()
+                    _after_response(self)
+
+                def shutdown(self) -> None:
+                    _drain_connection(self)
+
+            return DrainingHttpToolsProtocol
+    return DrainingH11Protocol
+
+
+# --- the server ---------------------------------------------------------------------------
+
+class CrashonlyServer(uvicorn.Server):
+    """uvicorn's server with our signals, readiness and drain (see the module docstring)."""
+
+    def __init__(self, config: uvicorn.Config, *, listeners: list[socket.socket],
+                 options: ServeOptions, drain: Drain, stop: Shutdown) -> None:
+        super().__init__(config)
+        self.listeners = listeners
+        self.options = options
+        self.drain = drain
+        self.stop = stop
+        self._wake = asyncio.Event()
+        self.exit_reason = ""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # lifecycle.Shutdown owns the signals; uvicorn's own capture would re-raise them on exit.
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                loop.call_soon_threadsafe(self._wake.set)
+
+        self.stop.on_signal(wake)
+        await super().startup(sockets=sockets)
+        if self.started:
+            notify("READY=1")
+            where = ", ".join(describe(s) for s in self.listeners)
+            log.info("ready on %s (pid %d, grace %g s)", where, os.getpid(), self.options.grace)
+
+    async def main_loop(self) -> None:
+        counter = 0
+        while True:
+            self._wake.clear()  # before the check: a signal after it sets the event again
+            if self.stop.requested.is_set() or self.should_exit:
+                return
+            await self.on_tick(counter)  # counter % 10 == 0: refreshes the Date header
+            counter = (counter + 10) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    def _protocol_factory(self) -> Callable[[], asyncio.Protocol]:
+        config, state, loop = self.config, self.server_state, asyncio.get_running_loop()
+
+        def create() -> asyncio.Protocol:
+            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=state, app_state=self.lifespan.state, _loop=loop)
+            return protocol
+
+        return create
+
+    def _take_accept_queue(self) -> list[socket.socket]:
+        taken: list[socket.socket] = []
+        for listener in self.listeners:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # EMFILE and friends: what stays queued is the OS's
+                    log.warning("could not accept queued connections: %s", exc)
+                    break
+                conn.setblocking(False)
+                taken.append(conn)
+        return taken
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.options.grace
+        self.drain.begin()
+        notify("STOPPING=1")
+        # 1-2. take what is queued, then close our descriptors (never shutdown(): see listeners)
+        queued = self._take_accept_queue()
+        for server in self.servers:
+            server.close()
+        for listener in self.listeners:
+            listener.close()
+        factory = self._protocol_factory()
+        for conn in queued:
+            await loop.connect_accepted_socket(factory, conn, ssl=self.config.ssl)
+        state = self.server_state
+        log.info("draining: %d connection(s), %d request(s) in flight, %d taken from the "
+                 "accept queue", len(state.connections), len(state.tasks), len(queued))
+        # 3. ask every connection to finish, and wait for them
+        for connection in list(state.connections):
+            connection.shutdown()
+        while (state.connections or state.tasks) and loop.time() < deadline:
+            if self.stop.immediate.is_set():
+                break
+            await asyncio.sleep(0.01)
+        # 4. past the grace: cancel and close what remains
+        cut = len(state.tasks)
+        if state.tasks or state.connections:
+            log.warning("grace period over: cancelling %d request(s), closing %d connection(s)",
+                        cut, len(state.connections))
+            for task in list(state.tasks):
+                task.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*state.tasks, return_exceptions=True), 0.5)
+            for connection in list(state.connections):
+                connection.transport.close()
+            await asyncio.sleep(0)
+        if not self.stop.immediate.is_set():
+            try:
+                await asyncio.wait_for(self.lifespan.shutdown(),
+                                       max(1.0, deadline - loop.time()))
+            except TimeoutError:
+                log.warning("lifespan shutdown did not finish in time")
+        log.info("stopped %.3f s after the signal (%d request(s) cut at the grace period)",
+                 loop.time() - started, cut)
+
+
+def serve(app: ASGIApp, listeners: list[socket.socket], options: ServeOptions,
+          *, http: str = "auto", stop: Shutdown | None = None) -> int:
+    """Serve ``app`` (ASGI 3) on ``listeners`` until a signal; return the exit code."""
+    drain = Drain()
+    front = FrontDoor(app, drain, livez=options.livez, readyz=options.readyz)
+    config = uvicorn.Config(
+        front, http=_protocol_class(http), lifespan="auto", log_config=None,
+        access_log=options.access_log, timeout_keep_alive=options.keep_alive,
+        root_path=options.root_path, proxy_headers=options.proxy_headers,
+        forwarded_allow_ips=options.forwarded_allow_ips, timeout_graceful_shutdown=None,
+    )
+    config._co_drain = drain  # type: ignore[attr-defined]  # read by the protocol hooks
+    config._co_header_timeout = options.header_timeout  # type: ignore[attr-defined]
+    stop = stop or Shutdown()
+    stop.install()
+    server = CrashonlyServer(config, listeners=listeners, options=options, drain=drain, stop=stop)
+    try:
+        server.run(sockets=listeners)
+    except SystemExit as exc:  # uvicorn exits this way when the lifespan startup fails
+        return exc.code if isinstance(exc.code, int) else 3
+    finally:
+        stop.restore()
+    return 0 if server.started else 3

@@ -1,0 +1,96 @@
+"""Real worker processes for tests: start, read their log lines, signal them, clean up."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from tests.conftest import PYTHON, ROOT
+
+APPS = ROOT / "tests" / "apps"
+
+
+class Proc:
+    """A ``crashonly`` subprocess whose stdout lines are collected by a thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path = APPS) -> None:
+        self.args = args
+        self.lines: list[str] = []
+        self.started = time.monotonic()
+        self.popen = subprocess.Popen(
+            [PYTHON, "-m", "crashonly.cli", *args], cwd=cwd, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def wait_for(self, pattern: str, timeout: float = 10.0, start: int = 0) -> str:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = start
+        while time.monotonic() < deadline:
+            while seen < len(self.lines):
+                if rx.search(self.lines[seen]):
+                    return self.lines[seen]
+                seen += 1
+            if self.popen.poll() is not None and seen >= len(self.lines):
+                self._reader.join(1)
+                if seen >= len(self.lines):
+                    break
+            time.sleep(0.005)
+        raise AssertionError(f"no line matching {pattern!r} in {timeout} s; got:\n" + self.text())
+
+    def text(self) -> str:
+        return "\n".join(self.lines[-60:])
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, sig)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        code = self.popen.wait(timeout)
+        self._reader.join(2)
+        return code
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.popen.wait(10)
+        self._reader.join(2)
+        if self.popen.stdout:
+            self.popen.stdout.close()
+
+
+def worker(db_url: str, env: dict[str, str], *extra: str, app: str = "workapp:app") -> Proc:
+    env = dict(env, DATABASE_URL=db_url)
+    return Proc(["worker", app, *extra], env)
+
+
+def effects(db_path: str) -> dict[str, int]:
+    """How many times each key's effect committed."""
+    conn = sqlite3.connect(db_path, timeout=30)
+    try:
+        rows = conn.execute("SELECT key, count(*) FROM effects GROUP BY key").fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        conn.close()
+    return dict(rows)
