@@ -9,6 +9,11 @@
   datagram socket named by ``$NOTIFY_SOCKET``), which ``crashonly up`` and systemd
   ``Type=notify`` both understand. Without ``$NOTIFY_SOCKET`` it does nothing.
 * :func:`die_with_parent` makes a child exit when its supervisor dies (``PR_SET_PDEATHSIG``).
+  Under ``crashonly up`` (``$CRASHONLY_UP_PID`` set) it does nothing: ``up``'s watchdog already
+  sends exactly one SIGTERM to every child's process group, and a second one from the kernel
+  would turn a graceful stop into an immediate one.
+* :func:`become_subreaper` is the supervisor's side: orphans of its children are reparented to
+  it (``PR_SET_CHILD_SUBREAPER``), so it reaps them and their process groups empty out.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-__all__ = ["Shutdown", "die_with_parent", "notify"]
+__all__ = ["Shutdown", "become_subreaper", "die_with_parent", "notify"]
 
 Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -84,13 +89,26 @@ def notify(state: str) -> bool:
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
     """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
+    if os.environ.get("CRASHONLY_UP_PID"):
+        return
+    pr_set_pdeathsig = 1
+    if not _prctl(pr_set_pdeathsig, sig):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), sig)
+
+
+def become_subreaper() -> bool:
+    """Adopt our descendants' orphans (Linux ``PR_SET_CHILD_SUBREAPER``); False elsewhere."""
+    pr_set_child_subreaper = 36
+    return _prctl(pr_set_child_subreaper, 1)
+
+
+def _prctl(option: int, value: int) -> bool:
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, sig, 0, 0, 0)
+        return int(libc.prctl(option, value, 0, 0, 0)) == 0
     except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os.kill(os.getpid(), sig)
+        return False

@@ -64,7 +64,7 @@ class Connection:
 
     def _peer_uid(self) -> int:
         raw = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-        _, uid, _ = _UCRED.unpack(raw)
+        uid: int = _UCRED.unpack(raw)[1]
         return uid
 
     def fileno(self) -> int:
