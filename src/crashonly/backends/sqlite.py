@@ -68,6 +68,22 @@ def _job(row: Sequence[Any]) -> Job:
     )
 
 
+def _writable(path: str) -> bool:
+    """Can this process write the file and create files beside it? (Root ignores mode bits,
+    so try rather than ask ``os.access``.)"""
+    try:
+        if os.path.exists(path):
+            with open(path, "ab"):
+                pass
+        probe = f"{path}.crashonly-probe-{os.getpid()}"
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError:
+        return False
+    return True
+
+
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
     """``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``sqlite:///:memory:``."""
     parts = urllib.parse.urlsplit(url)
@@ -190,6 +206,11 @@ class SQLiteBackend:
                 "a backup or point DATABASE_URL at another file"
             )
         if "unable to open" in text:
+            if not self.memory and not _writable(self.path):
+                return BackendUnavailable(
+                    f"database {where} is read-only: give this process write access to the "
+                    "file and its folder (SQLite writes -wal and -shm files beside it)"
+                )
             return BackendUnavailable(f"cannot open database {where}: {text}")
         return BackendError(f"SQLite error on {where}: {text}")
 
