@@ -16,7 +16,9 @@ from collections.abc import Mapping
 
 from ..errors import ConfigError
 
-__all__ = ["SD_LISTEN_FDS_START", "describe", "from_fd", "from_systemd", "is_loopback", "listen_tcp"]
+__all__ = [
+    "SD_LISTEN_FDS_START", "describe", "from_fd", "from_systemd", "is_loopback", "listen_tcp",
+]
 
 SD_LISTEN_FDS_START = 3
 
@@ -26,7 +28,8 @@ def listen_tcp(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror})") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror})"
+                          ) from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
