@@ -11,7 +11,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import codec
 from .backends import Backend, WorkerInfo, open_backend
-from .errors import ConfigError, JobFailed, JobNotFound, JobTimeout, UnknownTask
+from .errors import ConfigError, JobFailed, JobNotFound, JobTimeout
 from .job import Job, JobState, NewJob
 
 __all__ = ["DEFAULT_URL", "App", "JobHandle", "Task", "TaskOptions"]
@@ -192,25 +192,25 @@ class App:
 
     @overload
     def task(
-        self, *, name: str | None = None, queue: str = "default", priority: int = 100,
-        max_attempts: int = 5, lease: float = 30.0,
-        retry_backoff: float | Callable[[int], float] = 1.0, transactional: bool = False,
-        timeout: float | None = None,
+        self, /, *, name: str | None = ..., queue: str = ..., priority: int = ...,
+        max_attempts: int = ..., lease: float = ...,
+        retry_backoff: float | Callable[[int], float] = ..., transactional: bool = ...,
+        timeout: float | None = ...,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
-        self, fn: Callable[P, R] | None = None, /, *, name: str | None = None,
+        self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
         queue: str = "default", priority: int = 100, max_attempts: int = 5, lease: float = 30.0,
         retry_backoff: float | Callable[[int], float] = 1.0, transactional: bool = False,
         timeout: float | None = None,
-    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    ) -> Any:
         """Register a task: ``@app.task`` or ``@app.task(queue="mail", max_attempts=3)``."""
         if max_attempts < 1:
             raise ConfigError(f"max_attempts must be at least 1, not {max_attempts}")
         if lease <= 0:
             raise ConfigError(f"lease must be a positive number of seconds, not {lease}")
 
-        def register(f: Callable[P, R]) -> Task[P, R]:
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or f"{f.__module__}.{f.__qualname__}"
             if transactional and _is_async(f):
                 raise ConfigError(

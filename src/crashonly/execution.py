@@ -44,16 +44,18 @@ class Outcome:
 @dataclass(kw_only=True, slots=True)
 class Prepared:
     reservation: Reservation
-    task: Task
+    task: Task[Any, Any]
     args: list[Any]
     kwargs: dict[str, Any]
     context: JobContext
 
 
-def backoff_delay(task: Task, attempt: int) -> float:
-    """Exponential backoff with jitter: ``base * 2**(attempt-1)``, capped at an hour, ×[0.5, 1.5)."""
+def backoff_delay(task: Task[Any, Any], attempt: int) -> float:
+    """Exponential backoff with jitter: ``base * 2**(attempt-1)``, capped at an hour,
+    times a random factor in [0.5, 1.5) so retries of many jobs do not arrive together."""
     if callable(task.retry_backoff):
-        return max(0.0, float(task.retry_backoff(attempt)))
+        delay: float = max(0.0, float(task.retry_backoff(attempt)))
+        return delay
     base = float(task.retry_backoff)
     return min(MAX_BACKOFF, base * 2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)
 

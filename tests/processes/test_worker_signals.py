@@ -68,7 +68,7 @@ def test_sigterm_releases_a_cooperative_job_at_once(
     assert w.wait() == 0
     elapsed = time.monotonic() - t0
     assert elapsed < 2.0, f"exit took {elapsed:.2f} s"  # target 0.5 s; see bench/
-    w.wait_for(r"released\s+job=%d" % handle.id)
+    w.wait_for(rf"released\s+job={handle.id}")
     job = handle.job
     assert job.state is JobState.READY and job.attempts == 0  # no attempt counted
     # another worker completes it
@@ -76,7 +76,7 @@ def test_sigterm_releases_a_cooperative_job_at_once(
     w2 = worker(db_url, subprocess_env)
     procs.append(w2)
     # the job itself takes 30 s when not cancelled: only check it started again at once
-    w2.wait_for(r"started\s+job=%d" % handle.id, timeout=5)
+    w2.wait_for(rf"started\s+job={handle.id}", timeout=5)
     assert Path(marker).read_text().count("start") == 2
 
 
@@ -132,14 +132,14 @@ def test_sigkill_job_runs_again_within_two_seconds(
     handle = queue.enqueue("workapp.sleeper", args=[60, str(marker)])
     victim = worker(db_url, subprocess_env)
     procs.append(victim)
-    victim.wait_for(r"started\s+job=%d" % handle.id)
+    victim.wait_for(rf"started\s+job={handle.id}")
     survivor = worker(db_url, subprocess_env)
     procs.append(survivor)
     survivor.wait_for("ready")
     t0 = time.monotonic()
     victim.signal(signal.SIGKILL)
     victim.wait()
-    survivor.wait_for(r"started\s+job=%d" % handle.id, timeout=10)
+    survivor.wait_for(rf"started\s+job={handle.id}", timeout=10)
     elapsed = time.monotonic() - t0
     assert elapsed < 4.0, f"re-run after {elapsed:.2f} s (target 2 s; see bench/)"
     deadline = time.monotonic() + 5
@@ -154,10 +154,10 @@ def test_a_job_that_kills_its_worker_three_times_is_buried(
     db_url: str, subprocess_env: dict[str, str], procs: list[Proc], queue: crashonly.App,
 ) -> None:
     handle = queue.enqueue("workapp.sleeper", args=[60])
-    for death in range(3):
+    for _ in range(3):
         w = worker(db_url, subprocess_env)
         procs.append(w)
-        w.wait_for(r"started\s+job=%d" % handle.id, timeout=10)
+        w.wait_for(rf"started\s+job={handle.id}", timeout=10)
         w.signal(signal.SIGKILL)
         w.wait()
     keeper = worker(db_url, subprocess_env)  # its recovery notices the third death

@@ -189,7 +189,7 @@ def test_expired_lease_requeues_and_counts(app: crashonly.App, clock: FakeClock)
 def test_poison_job_is_buried_after_three_deaths(app: crashonly.App, clock: FakeClock) -> None:
     [job_id] = put(app, clock, lease=5, max_attempts=10)
     for death in range(1, 4):
-        [r], _ = reserve(app, clock)
+        reserve(app, clock)
         clock.advance(6)
         report = app.recover()
         if death < 3:

@@ -495,7 +495,7 @@ class SQLiteBackend:
                             requeued.append(job_id)
                         continue
                     job_id, deaths, attempts, max_attempts = members[0]
-                    params = {"id": job_id, "token": token, "now": now}
+                    params: dict[str, Any] = {"id": job_id, "token": token, "now": now}
                     if deaths + 1 >= poison_after:
                         params["error"] = (
                             f"poison: the worker running it died {deaths + 1} times in a row"
