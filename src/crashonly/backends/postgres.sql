@@ -46,7 +46,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique
 CREATE TABLE IF NOT EXISTS {schema}.workers (
     id           text PRIMARY KEY,
     host         text        NOT NULL,
+    boot_id      text        NOT NULL,
     pid          integer     NOT NULL,
+    pid_start    text        NOT NULL,
     started_at   float8      NOT NULL,
     heartbeat_at float8      NOT NULL,
     queues       text        NOT NULL,
@@ -174,16 +176,18 @@ WHERE j.id = s.id AND j.token = s.token AND j.state = 'reserved'
 RETURNING j.id;
 
 -- name: workers
-SELECT id, host, pid, started_at, heartbeat_at, queues, concurrency
+SELECT id, host, pid, started_at, heartbeat_at, queues, concurrency, boot_id, pid_start
 FROM {schema}.workers ORDER BY started_at, id;
 
 -- name: register_worker
 INSERT INTO {schema}.workers
-    (id, host, pid, started_at, heartbeat_at, queues, concurrency, lock_key, locked_at)
-VALUES (%(id)s, %(host)s, %(pid)s, %(started_at)s, %(heartbeat_at)s, %(queues)s,
-        %(concurrency)s, %(lock_key)s, now())
+    (id, host, boot_id, pid, pid_start, started_at, heartbeat_at, queues, concurrency,
+     lock_key, locked_at)
+VALUES (%(id)s, %(host)s, %(boot_id)s, %(pid)s, %(pid_start)s, %(started_at)s,
+        %(heartbeat_at)s, %(queues)s, %(concurrency)s, %(lock_key)s, now())
 ON CONFLICT (id) DO UPDATE
-SET host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
+SET host = excluded.host, boot_id = excluded.boot_id, pid = excluded.pid,
+    pid_start = excluded.pid_start, started_at = excluded.started_at,
     heartbeat_at = excluded.heartbeat_at, queues = excluded.queues,
     concurrency = excluded.concurrency, lock_key = excluded.lock_key, locked_at = now();
 
@@ -195,6 +199,9 @@ UPDATE {schema}.workers SET heartbeat_at = %(now)s WHERE id = %(id)s;
 
 -- name: deregister_worker
 DELETE FROM {schema}.workers WHERE id = %(id)s;
+
+-- name: terminate
+SELECT pg_terminate_backend(%(pid)s, 5000);
 
 -- name: lock_recovery
 SELECT pg_try_advisory_xact_lock(%(key)s);

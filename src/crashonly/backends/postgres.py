@@ -1,0 +1,739 @@
+"""PostgreSQL backend: many machines, death noticed in a second, exactly-once effects.
+
+* Its own schema (default ``crashonly``; ``?schema=`` in the URL or ``$CRASHONLY_SCHEMA``),
+  created by ``crashonly migrate`` or on first use, under an advisory lock, with versioned
+  migrations. Every query names the schema, so the caller's ``search_path`` is never touched.
+* Claims are one statement: ``FOR UPDATE SKIP LOCKED`` picks a batch and the same statement
+  flips it to reserved. A batch's settlements (acks, releases, failures) ride in the next
+  claim's transaction, so a busy worker pays about one transaction per batch.
+* Wake-ups: a statement trigger ``NOTIFY``\\s whenever a job becomes ready; an idle worker
+  blocks on ``LISTEN`` on a connection of its own. Notifications are delivered at commit, so a
+  transactional enqueue that rolls back wakes nobody.
+* Death detection: each registered worker holds a session advisory lock on a connection of its
+  own (never a pooled one: a pooled connection outlives its borrower and would hide a death).
+  The lock dies with the process's connection; ``recover`` tries each registered worker's lock
+  and returns the jobs of those it can take. Lease expiry covers what a lock cannot see (a
+  network partition that leaves the connection half-open until TCP keepalives end it).
+* A server restart drops every lock at once. Workers reconnect and take their locks again; a
+  lock older than the server's start gets ``RESTART_GRACE`` seconds to come back before its
+  worker counts as dead, so a restart neither blames the jobs in flight nor duplicates them.
+* Connections come from a ``psycopg_pool`` pool. After a connection breaks, the next call
+  first probes the server with a plain connect (so a refused or starting server fails fast,
+  with the server's own reason) and then builds a fresh pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from .. import codec
+from ..errors import BackendError, BackendUnavailable, ConfigError, SchemaError, StaleLease
+from ..job import Job, JobState, NewJob, Reservation, Settlement, SettlementKind
+from ..liveness import ProcessIdentity, is_alive, this_process
+from .base import Capabilities, RecoveryReport, WorkerInfo
+from .sql import load_queries
+
+__all__ = ["SCHEMA_VERSION", "PostgresBackend", "parse_url"]
+
+SCHEMA_VERSION = 1
+_RAW = load_queries("postgres.sql")
+_OPTIONS = {"schema", "pool_max", "pool_timeout"}
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+_PURGE_EVERY = 60.0
+_DEATH_SETTLES = 1.0  # how long a dead local process's session may take to end
+_KINDS = {
+    SettlementKind.ACK: "ack",
+    SettlementKind.RELEASE: "release",
+    SettlementKind.FAIL: "fail",
+    SettlementKind.BURY: "bury",
+}
+Conn = psycopg.Connection[Any]
+
+
+def _job(row: Sequence[Any]) -> Job:
+    (id_, task, queue, state, priority, payload, attempts, max_attempts, deaths, _lease,
+     run_at, created_at, lease_expires_at, worker, _token, unique_key, last_error, result,
+     finished_at) = row
+    try:
+        call = json.loads(payload)
+        args, kwargs = list(call.get("args", [])), dict(call.get("kwargs", {}))
+    except (ValueError, TypeError, AttributeError):
+        args, kwargs = [], {}
+    try:
+        value = codec.decode(result)
+    except ValueError:
+        value = result
+    return Job(
+        id=id_, task=task, queue=queue, state=JobState(state), priority=priority,
+        attempts=attempts, max_attempts=max_attempts, run_at=run_at, created_at=created_at,
+        lease_expires_at=lease_expires_at, worker=worker, last_error=last_error, result=value,
+        args=args, kwargs=kwargs, unique_key=unique_key, deaths=deaths, finished_at=finished_at,
+    )
+
+
+def _lock_key(*parts: str) -> int:
+    """A stable non-negative 63-bit advisory lock key, namespaced by the parts."""
+    digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
+    """``(conninfo for psycopg, schema, crashonly options)``: our options leave the URL."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme
+    if scheme not in ("postgres", "postgresql") and not scheme.startswith("postgresql+"):
+        raise ConfigError(f"not a PostgreSQL URL: {url!r}")
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in _OPTIONS}
+    rest = [(k, v) for k, v in query if k not in _OPTIONS]
+    schema = ours.pop("schema", None) or os.environ.get("CRASHONLY_SCHEMA") or "crashonly"
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ConfigError(
+            f"schema name {schema!r} (from the URL's ?schema= or $CRASHONLY_SCHEMA) must be "
+            "lowercase letters, digits and underscores, at most 40 characters, not starting "
+            "with a digit"
+        )
+    conninfo = urllib.parse.urlunsplit(
+        ("postgresql", parts.netloc, parts.path,
+         urllib.parse.urlencode(rest, quote_via=urllib.parse.quote), parts.fragment)
+    )
+    return conninfo, schema, ours
+
+
+def _number(options: dict[str, str], name: str, default: float, url: str) -> float:
+    try:
+        value = float(options.get(name, default))
+    except ValueError:
+        raise ConfigError(f"{name} in {url!r} must be a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name} in {url!r} must be positive")
+    return value
+
+
+class _Passthrough(Exception):
+    """Carries a user's own driver error through the boundary untranslated."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+
+
+@dataclass(kw_only=True, slots=True)
+class _Registration:
+    """A worker registered by this process: its lock lives as long as ``conn``."""
+
+    info: WorkerInfo
+    key: int
+    conn: Conn | None
+
+
+class PostgresBackend:
+    """The queue in a PostgreSQL schema."""
+
+    RESTART_GRACE = 10.0  # seconds a worker has to re-take its lock after a server restart
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        self.conninfo, self.schema, options = parse_url(url)
+        self.create = create
+        self.pool_max = int(_number(options, "pool_max", 10, url))
+        self.pool_timeout = _number(options, "pool_timeout", 5.0, url)
+        self.capabilities = Capabilities(
+            transactional=True, death_detection="session", multi_process=True
+        )
+        quoted = '"' + self.schema + '"'
+        self.q = {name: text.replace("{schema}", quoted) for name, text in _RAW.items()}
+        self.channel = f"crashonly_{self.schema}"
+        self._recovery_key = _lock_key("crashonly-recover", self.schema)
+        self._migration_key = _lock_key("crashonly-migrate", self.schema)
+        info = psycopg.conninfo.conninfo_to_dict(self.conninfo)
+        self.where = (
+            f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/"
+            f"{info.get('dbname') or info.get('user') or ''} (schema {self.schema})"
+        )
+        self._pool: psycopg_pool.ConnectionPool[Conn] | None = None
+        self._pool_lock = threading.Lock()
+        self._broken = False
+        self._ready = False
+        self._listener: Conn | None = None
+        self._listen_lock = threading.Lock()
+        self._registrations: dict[str, _Registration] = {}
+        self._reg_lock = threading.RLock()
+        self._last_purge = 0.0
+        self._waited_for: set[str] = set()
+        self._closed = False
+
+    # --- connections ------------------------------------------------------------------------
+    def _translate(self, exc: BaseException) -> BackendError:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, psycopg_pool.PoolTimeout):
+            return BackendUnavailable(
+                f"PostgreSQL at {self.where}: no connection within {self.pool_timeout:g} s "
+                f"({text}); the server may be down or every connection busy: check the "
+                "server, or raise ?pool_max= / ?pool_timeout= in DATABASE_URL"
+            )
+        if isinstance(exc, pg_errors.InsufficientPrivilege):
+            return BackendUnavailable(
+                f"PostgreSQL at {self.where} refused: {text}; grant this user rights on the "
+                f"schema {self.schema} (or run `crashonly migrate` as its owner)"
+            )
+        if isinstance(exc, pg_errors.UndefinedTable | pg_errors.InvalidSchemaName):
+            return SchemaError(
+                f"PostgreSQL at {self.where}: {text}; the crashonly schema is missing or "
+                "incomplete: run `crashonly migrate`"
+            )
+        if isinstance(exc, psycopg.OperationalError):
+            return BackendUnavailable(
+                f"PostgreSQL at {self.where} is unavailable: {text}; check that the server is "
+                "running and DATABASE_URL is right (workers retry on their own)"
+            )
+        return BackendError(f"PostgreSQL error on {self.where}: {text}")
+
+    def _connect(self, purpose: str) -> Conn:
+        """A connection of its own (not pooled), in autocommit."""
+        try:
+            conn: Conn = psycopg.connect(
+                self.conninfo, autocommit=True, application_name=f"crashonly {purpose}"[:63],
+                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+            )
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+        return conn
+
+    def _open_pool(self) -> psycopg_pool.ConnectionPool[Conn]:
+        with self._pool_lock:
+            if self._closed:
+                raise BackendError(f"the PostgreSQL backend for {self.where} is closed")
+            if self._pool is not None and not self._broken:
+                return self._pool
+            # Probe first: a refused, starting or misconfigured server fails now, with its
+            # own reason, instead of after a pool timeout.
+            self._connect("probe").close()
+            old, self._pool = self._pool, None
+            if old is not None:
+                old.close(timeout=0)
+            pool: psycopg_pool.ConnectionPool[Conn] = psycopg_pool.ConnectionPool(
+                self.conninfo, min_size=1, max_size=self.pool_max, open=False,
+                timeout=self.pool_timeout, name=f"crashonly-{self.schema}",
+                kwargs={"autocommit": True, "application_name": "crashonly"},
+            )
+            pool.open(wait=False)
+            self._pool, self._broken = pool, False
+            return pool
+
+    @contextmanager
+    def _conn(self, *, translate: bool = True) -> Iterator[Conn]:
+        """A pooled autocommit connection; driver errors become :mod:`crashonly.errors`."""
+        if not self._ready:
+            self._ensure_schema()
+        with self._pooled(translate=translate) as conn:
+            yield conn
+
+    @contextmanager
+    def _pooled(self, *, translate: bool = True) -> Iterator[Conn]:
+        pool = self._open_pool()
+        try:
+            with pool.connection() as conn:
+                try:
+                    yield conn
+                finally:
+                    if conn.broken:
+                        self._broken = True
+        except psycopg_pool.PoolTimeout as exc:
+            self._broken = True
+            raise self._translate(exc) from exc
+        except psycopg.Error as exc:
+            if not translate:
+                raise
+            raise self._translate(exc) from exc
+        except _Passthrough as carrier:
+            raise carrier.exc from None
+
+    # --- schema -----------------------------------------------------------------------------
+    def _version(self, conn: Conn) -> int:
+        row = conn.execute(self.q["schema_exists"]).fetchone()
+        if not row or not row[0]:
+            return 0
+        got = conn.execute(self.q["schema_version"]).fetchone()
+        return int(got[0]) if got else 0
+
+    def _newer(self, version: int) -> SchemaError:
+        return SchemaError(
+            f"PostgreSQL at {self.where} has crashonly schema version {version}, newer than "
+            f"this crashonly understands ({SCHEMA_VERSION}): upgrade crashonly"
+        )
+
+    def _ensure_schema(self, *, force: bool = False) -> None:
+        with self._pooled() as conn:
+            version = self._version(conn)
+            if version > SCHEMA_VERSION:
+                raise self._newer(version)
+            if version == 0 and not (self.create or force):
+                raise BackendUnavailable(
+                    f"PostgreSQL at {self.where} has no crashonly schema: check DATABASE_URL "
+                    "and ?schema=, or run `crashonly migrate` to create it"
+                )
+            if version < SCHEMA_VERSION:
+                with conn.transaction():
+                    conn.execute(self.q["lock_migrations"], {"key": self._migration_key})
+                    version = self._version(conn)  # again, under the lock
+                    if version > SCHEMA_VERSION:
+                        raise self._newer(version)
+                    for target in range(version + 1, SCHEMA_VERSION + 1):
+                        # No parameters: psycopg sends the migration as one simple query, so
+                        # it may hold many statements (and function bodies with semicolons).
+                        conn.execute(self.q[f"migration_{target}"].encode())
+                        conn.execute(self.q["set_schema_version"], {"version": str(target)})
+        self._ready = True
+
+    def migrate(self) -> int:
+        self._ensure_schema(force=True)
+        return SCHEMA_VERSION
+
+    def close(self) -> None:
+        """Close every connection. Registered workers are not deregistered: their locks go
+        with their connections, so other processes recover their jobs (stopping is crashing)."""
+        self._closed = True
+        with self._reg_lock:
+            for reg in self._registrations.values():
+                if reg.conn is not None:
+                    reg.conn.close()
+            self._registrations.clear()
+        with self._listen_lock:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+    # --- producers --------------------------------------------------------------------------
+    def put(self, jobs: Sequence[NewJob], *, now: float, connection: Any = None) -> list[int]:
+        if not jobs:
+            return []
+        if connection is None:
+            with self._conn() as conn:
+                return self._put(conn, jobs, now)
+        if not isinstance(connection, psycopg.Connection):
+            raise ConfigError(
+                f"connection= must be a psycopg 3 connection to the queue's database, not "
+                f"{type(connection).__name__} (with SQLAlchemy, pass "
+                "session.connection().connection.driver_connection)"
+            )
+        if not self._ready:
+            self._ensure_schema()
+        try:
+            return self._put(connection, jobs, now)
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+
+    def _put(self, conn: Conn, jobs: Sequence[NewJob], now: float) -> list[int]:
+        states = ["scheduled" if j.run_at > now else "ready" for j in jobs]
+        if all(j.unique_key is None for j in jobs):
+            params = {
+                "task": [j.task for j in jobs], "queue": [j.queue for j in jobs],
+                "state": states, "priority": [j.priority for j in jobs],
+                "payload": [j.payload for j in jobs],
+                "max_attempts": [j.max_attempts for j in jobs],
+                "lease": [float(j.lease) for j in jobs], "run_at": [float(j.run_at) for j in jobs],
+                "now": now,
+            }
+            return sorted(r[0] for r in conn.execute(self.q["insert_jobs"], params))
+        ids: list[int] = []
+        with conn.transaction():  # a savepoint inside the caller's transaction
+            for j, state in zip(jobs, states, strict=True):
+                row = {
+                    "task": j.task, "queue": j.queue, "state": state, "priority": j.priority,
+                    "payload": j.payload, "max_attempts": j.max_attempts,
+                    "lease": float(j.lease), "run_at": float(j.run_at), "now": now,
+                    "unique_key": j.unique_key,
+                }
+                if j.unique_key is None:
+                    single = {k: [v] for k, v in row.items() if k not in ("now", "unique_key")}
+                    got = conn.execute(self.q["insert_jobs"], {**single, "now": now}).fetchone()
+                else:
+                    got = None
+                    for _ in range(5):  # the holder of the key may finish meanwhile
+                        got = conn.execute(self.q["insert_unique_job"], row).fetchone()
+                        got = got or conn.execute(self.q["find_unique"], row).fetchone()
+                        if got:
+                            break
+                if got is None:
+                    raise BackendError(f"could not store a job with unique_key {j.unique_key!r}")
+                ids.append(int(got[0]))
+        return ids
+
+    # --- consumers --------------------------------------------------------------------------
+    def reserve(
+        self,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        settle: Sequence[Settlement] = (),
+    ) -> tuple[list[Reservation], list[int]]:
+        if limit <= 0:
+            return [], self.settle(settle, now=now) if settle else []
+        # Drop wake-ups already pending: the claim below sees every commit they announce.
+        self._drain_notifications()
+        params = {
+            "now": now, "queues": list(queues), "limit": limit, "worker": worker_id,
+            "token": secrets.randbits(62),
+        }
+        refused: list[int] = []
+        with self._conn() as conn:
+            if settle:
+                with conn.transaction():
+                    refused = self._settle(conn, settle, now)
+                    rows = conn.execute(self.q["claim"], params).fetchall()
+            else:
+                rows = conn.execute(self.q["claim"], params).fetchall()
+        rows.sort(key=lambda r: (r[4], r[10], r[0]))
+        return [
+            Reservation(job=_job(r), token=r[14], lease=r[9], payload=r[5]) for r in rows
+        ], refused
+
+    def settle(self, settlements: Sequence[Settlement], *, now: float) -> list[int]:
+        if not settlements:
+            return []
+        with self._conn() as conn:
+            return self._settle(conn, settlements, now)
+
+    def _settle(self, conn: Conn, settlements: Sequence[Settlement], now: float) -> list[int]:
+        params = {
+            "ids": [s.job_id for s in settlements], "tokens": [s.token for s in settlements],
+            "kinds": [_KINDS[s.kind] for s in settlements],
+            "results": [s.result for s in settlements], "errors": [s.error for s in settlements],
+            "delays": [max(0.0, float(s.delay)) for s in settlements], "now": now,
+        }
+        done = [r[0] for r in conn.execute(self.q["settle"], params)]
+        return _missing([s.job_id for s in settlements], done)
+
+    def touch(self, leases: Sequence[tuple[int, int]], *, now: float) -> list[int]:
+        if not leases:
+            return []
+        params = {"ids": [i for i, _ in leases], "tokens": [t for _, t in leases], "now": now}
+        with self._conn() as conn:
+            done = [r[0] for r in conn.execute(self.q["touch"], params)]
+        return _missing([i for i, _ in leases], done)
+
+    def run_transactional(
+        self,
+        reservation: Reservation,
+        fn: Callable[[Any], str | None],
+        *,
+        clock: Callable[[], float],
+    ) -> str | None:
+        with self._conn() as conn, conn.transaction():
+            try:
+                result = fn(conn)
+            except psycopg.Error as exc:  # the task's own SQL failed: its error, not ours
+                raise _Passthrough(exc) from exc
+            params = {
+                "id": reservation.job.id, "token": reservation.token, "now": clock(),
+                "result": result,
+            }
+            # The ack locks the job's row until commit, so recovery cannot hand the job to
+            # another worker between this fence and the commit.
+            if conn.execute(self.q["ack"], params).rowcount != 1:
+                raise StaleLease(
+                    f"job {reservation.job.id}: lease lost before commit; "
+                    "its writes were rolled back"
+                )
+            return result
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        return self._transaction()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Conn]:
+        with self._conn() as conn, conn.transaction():
+            try:
+                yield conn
+            except psycopg.Error as exc:  # the caller's SQL: its error, not ours
+                raise _Passthrough(exc) from exc
+
+    def abort(self, connection: Any) -> None:
+        """End the session of a transactional job that outlived the shutdown grace: the
+        server rolls its transaction back. Ended server-side, so the job's thread (which
+        owns the connection) is never raced on the client side."""
+        if not isinstance(connection, psycopg.Connection) or connection.closed:
+            return
+        pid = connection.info.backend_pid
+        try:
+            with self._conn() as conn:
+                conn.execute(self.q["terminate"], {"pid": pid})
+        except BackendError:
+            pass  # the server is away: the transaction dies with our process anyway
+
+    # --- recovery and workers -----------------------------------------------------------------
+    def recover(
+        self, *, now: float, poison_after: int = 3, retention: float = 86400.0
+    ) -> RecoveryReport:
+        self._keep_locks()
+        purge = now - self._last_purge >= _PURGE_EVERY
+        requeued: list[int] = []
+        buried: list[int] = []
+        with self._conn() as conn, conn.transaction():
+            # One recoverer at a time: two would split a dead holder's batch between them
+            # and each would blame its half as a lone job.
+            got = conn.execute(self.q["lock_recovery"], {"key": self._recovery_key}).fetchone()
+            if not got or not got[0]:
+                return RecoveryReport()
+            dead = self._delete_dead_workers(conn)
+            groups: dict[int, list[tuple[int, int, int, int]]] = {}
+            for job_id, token, deaths, attempts, max_attempts in conn.execute(
+                self.q["orphans"], {"now": now}
+            ):
+                groups.setdefault(token, []).append((job_id, deaths, attempts, max_attempts))
+            for token, members in groups.items():
+                if len(members) > 1:
+                    ids = [m[0] for m in members]
+                    conn.execute(self.q["requeue_unblamed"], {"ids": ids, "token": token})
+                    requeued.extend(ids)
+                    continue
+                job_id, deaths, attempts, max_attempts = members[0]
+                params: dict[str, Any] = {"id": job_id, "token": token, "now": now}
+                if deaths + 1 >= poison_after:
+                    params["error"] = (
+                        f"poison: the worker running it died {deaths + 1} times in a row"
+                    )
+                    conn.execute(self.q["bury_orphan"], params)
+                    buried.append(job_id)
+                elif attempts >= max_attempts:
+                    params["error"] = (
+                        f"attempts exhausted ({attempts}/{max_attempts}); "
+                        "the last holder died or lost its lease"
+                    )
+                    conn.execute(self.q["bury_orphan"], params)
+                    buried.append(job_id)
+                else:
+                    params["error"] = "its worker died or its lease expired; requeued"
+                    conn.execute(self.q["requeue_blamed"], params)
+                    requeued.append(job_id)
+            promoted = conn.execute(self.q["promote"], {"now": now}).rowcount
+            purged = 0
+            if purge:
+                purged = conn.execute(self.q["purge"], {"before": now - retention}).rowcount
+                self._last_purge = now
+        return RecoveryReport(
+            dead_workers=dead, requeued=requeued, buried=buried, promoted=promoted, purged=purged
+        )
+
+    def _delete_dead_workers(self, conn: Conn) -> list[str]:
+        """Delete the rows of workers whose lock is free and return their ids.
+
+        The lock is the only authority. A worker of this machine whose process is gone may
+        still hold it for a few milliseconds, until the server reads its connection's end:
+        for those, wait a moment for the server to catch up (once per worker, so a pid this
+        machine cannot vouch for never slows every pass)."""
+        params = {"grace": self.RESTART_GRACE}
+        dead = [r[0] for r in conn.execute(self.q["delete_dead_workers"], params)]
+        suspects = set()
+        for row in conn.execute(self.q["workers"]):
+            worker_id, host, pid, boot_id, pid_start = row[0], row[1], row[2], row[7], row[8]
+            if worker_id in self._waited_for or boot_id != this_process().boot_id:
+                continue
+            identity = ProcessIdentity(host=host, boot_id=boot_id, pid=pid, start=pid_start)
+            if is_alive(identity) is False:
+                suspects.add(worker_id)
+        self._waited_for |= suspects
+        deadline = time.monotonic() + _DEATH_SETTLES
+        while suspects - set(dead) and time.monotonic() < deadline:
+            time.sleep(0.005)
+            dead += [r[0] for r in conn.execute(self.q["delete_dead_workers"], params)]
+        return dead
+
+    def _lock(self, reg: _Registration) -> None:
+        """Take ``reg``'s advisory lock on a fresh connection of its own and (re)write its row."""
+        info = reg.info
+        me = this_process()
+        conn = self._connect(f"worker {info.id}")
+        try:
+            # The lock outlives idle periods and is cut by keepalives on a dead network.
+            conn.execute(
+                "SELECT set_config('idle_session_timeout', '0', false) "
+                "WHERE current_setting('server_version_num')::int >= 140000"
+            )
+            conn.execute(self.q["take_worker_lock"], {"key": reg.key})
+            conn.execute(self.q["register_worker"], {
+                "id": info.id, "host": info.host or me.host, "boot_id": me.boot_id,
+                "pid": info.pid, "pid_start": me.start if info.pid == me.pid else "",
+                "started_at": info.started_at, "heartbeat_at": info.heartbeat_at,
+                "queues": json.dumps(info.queues), "concurrency": info.concurrency,
+                "lock_key": reg.key,
+            })
+        except psycopg.Error as exc:
+            conn.close()
+            raise self._translate(exc) from exc
+        reg.conn = conn
+
+    def _keep_locks(self) -> None:
+        """Re-take the locks of this process's workers whose connection broke (a server
+        restart or a dropped network); stay quiet while the server is still away."""
+        with self._reg_lock:
+            for reg in self._registrations.values():
+                if reg.conn is not None and not reg.conn.closed:
+                    try:
+                        reg.conn.execute("SELECT 1")
+                        continue
+                    except psycopg.Error:
+                        reg.conn.close()
+                        reg.conn = None
+                try:
+                    self._lock(reg)
+                except BackendError:
+                    return
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        if not self._ready:
+            self._ensure_schema()
+        with self._reg_lock:
+            old = self._registrations.pop(info.id, None)
+            if old is not None and old.conn is not None:
+                old.conn.close()
+            reg = _Registration(info=info, key=_lock_key(self.schema, info.id), conn=None)
+            self._lock(reg)
+            self._registrations[info.id] = reg
+
+    def heartbeat(self, worker_id: str, *, now: float) -> None:
+        self._keep_locks()
+        with self._conn() as conn:
+            conn.execute(self.q["heartbeat"], {"id": worker_id, "now": now})
+
+    def deregister_worker(self, worker_id: str) -> None:
+        with self._conn() as conn:
+            conn.execute(self.q["deregister_worker"], {"id": worker_id})
+        with self._reg_lock:
+            reg = self._registrations.pop(worker_id, None)
+            if reg is not None and reg.conn is not None:
+                reg.conn.close()
+
+    def workers(self) -> list[WorkerInfo]:
+        with self._conn() as conn:
+            rows = conn.execute(self.q["workers"]).fetchall()
+        return [
+            WorkerInfo(
+                id=r[0], host=r[1], pid=r[2], started_at=r[3], heartbeat_at=r[4],
+                queues=json.loads(r[5]), concurrency=r[6],
+            )
+            for r in rows
+        ]
+
+    # --- inspection and admin -----------------------------------------------------------------
+    def get(self, job_id: int) -> Job | None:
+        with self._conn() as conn:
+            row = conn.execute(self.q["get"], {"id": job_id}).fetchone()
+        return _job(row) if row else None
+
+    def list(
+        self, *, state: JobState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        params = {"state": state.value if state else None, "queue": queue, "limit": limit}
+        with self._conn() as conn:
+            return [_job(r) for r in conn.execute(self.q["list"], params)]
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        with self._conn() as conn:
+            for queue, state, count in conn.execute(self.q["stats"]):
+                out.setdefault(queue, {s.value: 0 for s in JobState})[state] = count
+        return out
+
+    def kick(self, job_ids: Sequence[int] | None, *, now: float) -> int:
+        with self._conn() as conn:
+            if job_ids is None:
+                return conn.execute(self.q["kick_all"], {"now": now}).rowcount
+            params = {"ids": [int(i) for i in job_ids], "now": now}
+            return conn.execute(self.q["kick"], params).rowcount
+
+    def delete(self, job_id: int) -> bool:
+        with self._conn() as conn:
+            return conn.execute(self.q["delete"], {"id": job_id}).rowcount == 1
+
+    def bury(self, job_id: int, reason: str, *, now: float) -> bool:
+        with self._conn() as conn:
+            params = {"id": job_id, "error": reason, "now": now}
+            return conn.execute(self.q["bury"], params).rowcount == 1
+
+    # --- wake-ups -----------------------------------------------------------------------------
+    def _drain_notifications(self) -> None:
+        if self._listener is None or not self._listen_lock.acquire(blocking=False):
+            return
+        try:
+            if self._listener is not None:
+                for _ in self._listener.notifies(timeout=0):
+                    pass
+        except psycopg.Error:
+            self._drop_listener()
+        finally:
+            self._listen_lock.release()
+
+    def _drop_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block on ``LISTEN`` until a job becomes ready or ``timeout`` passes.
+
+        The listening connection is opened on the first call; that call returns True at once,
+        since whatever committed before it was not heard. While the server is away this
+        sleeps out the timeout and returns False: the caller's next operation reports why."""
+        with self._listen_lock:
+            if self._listener is None or self._listener.closed:
+                try:
+                    if not self._ready:
+                        self._ensure_schema()
+                    conn = self._connect("listener")
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                except (BackendError, psycopg.Error):
+                    self._drop_listener()
+                    time.sleep(max(0.0, timeout))
+                    return False
+                self._listener = conn
+                return True
+            try:
+                woken = False
+                for _ in self._listener.notifies(timeout=max(0.0, timeout), stop_after=1):
+                    woken = True
+                if woken:  # one wake-up stands for all those already waiting
+                    for _ in self._listener.notifies(timeout=0):
+                        pass
+                return woken
+            except psycopg.Error:
+                self._drop_listener()
+                return True
+
+
+def _missing(wanted: Sequence[int], done: Sequence[int]) -> list[int]:
+    """Ids of ``wanted`` not in ``done``, counting repeats (a job settled twice in one batch
+    is applied once and refused once)."""
+    left: dict[int, int] = {}
+    for i in done:
+        left[i] = left.get(i, 0) + 1
+    refused = []
+    for i in wanted:
+        if left.get(i, 0) > 0:
+            left[i] -= 1
+        else:
+            refused.append(i)
+    return refused
