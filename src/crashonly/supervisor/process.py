@@ -30,7 +30,6 @@ from .sockets import CHILD_FD
 __all__ = ["Child", "shell_script", "spawn", "speaks_notify"]
 
 _ASSIGNMENTS = re.compile(r"""^\s*((?:[A-Za-z_][A-Za-z0-9_]*=(?:'[^']*'|"[^"]*"|[^\s'"])*\s+)*)""")
-_COMPOUND = re.compile(r"""[;&|<>()`\n]|\$\(""")
 _RESERVED = {"if", "for", "while", "until", "case", "{", "!", "exec", "function", "select"}
 _CRASHONLY = re.compile(r"^(?:\S+/)?crashonly\s|-m\s+crashonly\b")
 
@@ -52,11 +51,31 @@ def shell_script(command: str, *, listen_pid: bool, root: Path | None) -> str:
     assignments = prefix.group(1) if prefix else ""
     rest = command[len(assignments):]
     words = rest.split(None, 1)
-    if rest and not _COMPOUND.search(rest) and words and words[0] not in _RESERVED:
+    if rest and not _is_compound(rest) and words and words[0] not in _RESERVED:
         lines.append(f"{assignments}exec {rest}")
     else:
         lines.append(command)
     return "\n".join(lines)
+
+
+def _is_compound(command: str) -> bool:
+    """Whether ``command`` has an unquoted list, pipe, background or subshell operator.
+    (Redirections and substitutions are fine after ``exec``.)"""
+    quote = ""
+    escaped = False
+    for char in command:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char in ";&|()\n":
+            return True
+    return False
 
 
 def speaks_notify(command: str) -> bool:
