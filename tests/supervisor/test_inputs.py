@@ -58,7 +58,7 @@ def test_env_file_errors(tmp_path: Path) -> None:
         parse_env("A=1\nnot an assignment\n", Path(".env"))
     with pytest.raises(EnvFileError, match="unterminated double quote"):
         parse_env('A="open\n', Path(".env"))
-    with pytest.raises(EnvFileError, match="no .env file at"):
+    with pytest.raises(EnvFileError, match=r"no \.env file at"):
         read_env(tmp_path / "missing.env", required=True)
     assert read_env(tmp_path / "missing.env", required=False) == {}
 
@@ -70,7 +70,7 @@ def test_formation_parsing_and_resolution() -> None:
     assert resolve_formation({"web": 2}, names) == {"web": 2, "worker": 1, "clock": 1}
     assert resolve_formation({"all": 0, "web": 1}, names) == {"web": 1, "worker": 0, "clock": 0}
     assert resolve_formation({"worker": 4}, names, default=None) == {"worker": 4}
-    with pytest.raises(FormationError, match="unknown process type 'wbe'.*web, worker, clock"):
+    with pytest.raises(FormationError, match=r"unknown process type 'wbe'.*web, worker, clock"):
         resolve_formation({"wbe": 1}, names)
     for bad in ("web", "web=x", "web=-1", "", "web=1000"):
         with pytest.raises(FormationError):
@@ -84,7 +84,8 @@ def _run(script: str, env: dict[str, str] | None = None) -> str:
 
 def test_simple_commands_are_execd_so_listen_pid_names_the_program() -> None:
     # A python child prints its own pid and LISTEN_PID: equal only if the shell exec'd it.
-    command = """FOO='a b' python3 -c 'import os; print(os.getpid(), os.environ["LISTEN_PID"], os.environ["FOO"])'"""
+    command = ("""FOO='a b' python3 -c 'import os; """
+               """print(os.getpid(), os.environ["LISTEN_PID"], os.environ["FOO"])'""")
     script = shell_script(command, listen_pid=True, root=None)
     assert "exec python3" in script
     pid, listen_pid, foo = _run(script).split(maxsplit=2)

@@ -34,7 +34,7 @@ def get(port: int, path: str = "/", timeout: float = 10.0) -> str:
 class Load:
     """``clients`` threads sending GETs back to back until stopped; counts every outcome."""
 
-    def __init__(self, port: int, clients: int = 16) -> None:
+    def __init__(self, port: int, clients: int = 8) -> None:
         self.port = port
         self.ok = 0
         self.failures: list[str] = []
