@@ -249,7 +249,9 @@ class App:
         opts: EnqueueOptions,
     ) -> list[JobHandle]:
         now = self.clock()
-        news = [self._new_job(name, a, k, opts, now) for a, k in calls]
+        template = self._new_job(name, (), {}, opts, now)  # all but the payload is shared
+        encode = codec.encode_payload
+        news = [replace(template, payload=encode(name, a, k)) for a, k in calls]
         ids = self.backend.put(news, now=now, connection=opts.connection)
         return [JobHandle(self, i) for i in ids]
 
@@ -265,7 +267,7 @@ class App:
         return NewJob(
             task=name,
             queue=opts.queue or (task.queue if task else "default"),
-            payload=codec.encode_payload(name, list(args), dict(kwargs)),
+            payload=codec.encode_payload(name, args, kwargs),
             priority=opts.priority if opts.priority is not None else (task.priority if task else 100),
             run_at=run_at,
             max_attempts=task.max_attempts if task else 5,

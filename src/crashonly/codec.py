@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import SerializationError
@@ -10,12 +11,13 @@ from .errors import SerializationError
 __all__ = ["decode", "encode_payload", "encode_result"]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_encode = _encoder.encode
 
 
-def encode_payload(task: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
+def encode_payload(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
     """Encode a call; on failure name the argument that could not be encoded."""
     try:
-        return _encoder.encode({"args": list(args), "kwargs": kwargs})
+        return _encode({"args": args if type(args) is list else list(args), "kwargs": kwargs})
     except (TypeError, ValueError) as exc:
         for i, value in enumerate(args):
             _check(value, f"argument {i} of {task}", exc)

@@ -54,10 +54,10 @@ def backoff_delay(task: Task[Any, Any], attempt: int) -> float:
     """Exponential backoff with jitter: ``base * 2**(attempt-1)``, capped at an hour,
     times a random factor in [0.5, 1.5) so retries of many jobs do not arrive together."""
     if callable(task.retry_backoff):
-        delay: float = max(0.0, float(task.retry_backoff(attempt)))
-        return delay
+        return max(0.0, float(task.retry_backoff(attempt)))
     base = float(task.retry_backoff)
-    return min(MAX_BACKOFF, base * 2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)
+    delay: float = min(MAX_BACKOFF, base * 2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)
+    return delay
 
 
 def _settle(r: Reservation, kind: SettlementKind, **kw: Any) -> Settlement:

@@ -7,10 +7,11 @@ All are frozen, keyword-only dataclasses built from backend rows; change them wi
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Job", "JobState", "NewJob", "Reservation", "Settlement", "SettlementKind"]
+__all__ = ["Job", "JobState", "NewJob", "Reservation", "Settlement", "SettlementKind", "job_from_row"]
 
 
 class JobState(enum.StrEnum):
@@ -40,11 +41,25 @@ class Job:
     worker: str | None
     last_error: str | None
     result: Any
-    args: list[Any]
-    kwargs: dict[str, Any]
+    payload: str  # the encoded call; ``args`` and ``kwargs`` decode it on demand
     unique_key: str | None = None
     deaths: int = 0
     finished_at: float | None = None
+
+    @property
+    def args(self) -> list[Any]:
+        return list(self._call().get("args", []))
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self._call().get("kwargs", {}))
+
+    def _call(self) -> dict[str, Any]:
+        try:
+            call = json.loads(self.payload)
+        except ValueError:
+            return {}
+        return call if isinstance(call, dict) else {}
 
     @property
     def idempotency_key(self) -> str:
@@ -93,3 +108,23 @@ class Settlement:
     result: str | None = None  # encoded JSON, for ACK
     error: str | None = None  # for FAIL and BURY
     delay: float = 0.0  # for FAIL
+
+
+def job_from_row(row: Any) -> Job:
+    """A :class:`Job` from a backend row in the column order every dialect's queries use:
+    id, task, queue, state, priority, payload, attempts, max_attempts, deaths, lease_seconds,
+    run_at, created_at, lease_expires_at, worker, token, unique_key, last_error, result,
+    finished_at."""
+    (id_, task, queue, state, priority, payload, attempts, max_attempts, deaths, _lease,
+     run_at, created_at, lease_expires_at, worker, _token, unique_key, last_error, result,
+     finished_at) = row
+    try:
+        value = None if result is None else json.loads(result)
+    except ValueError:
+        value = result
+    return Job(
+        id=id_, task=task, queue=queue, state=JobState(state), priority=priority,
+        attempts=attempts, max_attempts=max_attempts, run_at=run_at, created_at=created_at,
+        lease_expires_at=lease_expires_at, worker=worker, last_error=last_error, result=value,
+        payload=payload, unique_key=unique_key, deaths=deaths, finished_at=finished_at,
+    )

@@ -42,6 +42,10 @@ class Shutdown:
         self._previous: dict[signal.Signals, Handler] = {}
         self._wakeups: list[Callable[[], None]] = []
 
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
+
     def install(self) -> Shutdown:
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)

@@ -42,9 +42,8 @@ import psycopg_pool
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from .. import codec
 from ..errors import BackendError, BackendUnavailable, ConfigError, SchemaError, StaleLease
-from ..job import Job, JobState, NewJob, Reservation, Settlement, SettlementKind
+from ..job import Job, JobState, NewJob, Reservation, Settlement, SettlementKind, job_from_row
 from ..liveness import ProcessIdentity, is_alive, this_process
 from .base import Capabilities, RecoveryReport, WorkerInfo
 from .sql import load_queries
@@ -66,25 +65,7 @@ _KINDS = {
 Conn = psycopg.Connection[Any]
 
 
-def _job(row: Sequence[Any]) -> Job:
-    (id_, task, queue, state, priority, payload, attempts, max_attempts, deaths, _lease,
-     run_at, created_at, lease_expires_at, worker, _token, unique_key, last_error, result,
-     finished_at) = row
-    try:
-        call = json.loads(payload)
-        args, kwargs = list(call.get("args", [])), dict(call.get("kwargs", {}))
-    except (ValueError, TypeError, AttributeError):
-        args, kwargs = [], {}
-    try:
-        value = codec.decode(result)
-    except ValueError:
-        value = result
-    return Job(
-        id=id_, task=task, queue=queue, state=JobState(state), priority=priority,
-        attempts=attempts, max_attempts=max_attempts, run_at=run_at, created_at=created_at,
-        lease_expires_at=lease_expires_at, worker=worker, last_error=last_error, result=value,
-        args=args, kwargs=kwargs, unique_key=unique_key, deaths=deaths, finished_at=finished_at,
-    )
+_job = job_from_row
 
 
 def _lock_key(*parts: str) -> int:
@@ -396,7 +377,7 @@ class PostgresBackend:
         self._drain_notifications()
         params = {
             "now": now, "queues": list(queues), "limit": limit, "worker": worker_id,
-            "token": secrets.randbits(62),
+            "token": secrets.randbits(62), "commit": "on" if settle else "off",
         }
         refused: list[int] = []
         with self._conn() as conn:

@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-from .. import codec
 from ..errors import (
     BackendError,
     BackendUnavailable,
@@ -34,7 +33,7 @@ from ..errors import (
     SchemaError,
     StaleLease,
 )
-from ..job import Job, JobState, NewJob, Reservation, Settlement, SettlementKind
+from ..job import Job, JobState, NewJob, Reservation, Settlement, SettlementKind, job_from_row
 from ..liveness import ProcessIdentity, is_alive
 from .base import Capabilities, RecoveryReport, WorkerInfo
 from .sql import load_queries
@@ -45,27 +44,15 @@ SCHEMA_VERSION = 1
 Q = load_queries("sqlite.sql")
 _SYNC_MODES = {"FULL", "NORMAL", "EXTRA", "OFF"}
 _PURGE_EVERY = 60.0
+_SETTLE = {
+    SettlementKind.ACK: Q["ack"],
+    SettlementKind.RELEASE: Q["release"],
+    SettlementKind.FAIL: Q["fail"],
+    SettlementKind.BURY: Q["bury_reserved"],
+}
 
 
-def _job(row: Sequence[Any]) -> Job:
-    (id_, task, queue, state, priority, payload, attempts, max_attempts, deaths, _lease,
-     run_at, created_at, lease_expires_at, worker, _token, unique_key, last_error, result,
-     finished_at) = row
-    try:
-        call = json.loads(payload)
-        args, kwargs = list(call.get("args", [])), dict(call.get("kwargs", {}))
-    except (ValueError, TypeError, AttributeError):
-        args, kwargs = [], {}
-    try:
-        value = codec.decode(result)
-    except ValueError:
-        value = result
-    return Job(
-        id=id_, task=task, queue=queue, state=JobState(state), priority=priority,
-        attempts=attempts, max_attempts=max_attempts, run_at=run_at, created_at=created_at,
-        lease_expires_at=lease_expires_at, worker=worker, last_error=last_error, result=value,
-        args=args, kwargs=kwargs, unique_key=unique_key, deaths=deaths, finished_at=finished_at,
-    )
+_job = job_from_row
 
 
 def _writable(path: str) -> bool:
@@ -385,22 +372,30 @@ class SQLiteBackend:
 
     @staticmethod
     def _settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: float) -> list[int]:
-        refused: list[int] = []
+        """Apply settlements; return the ids refused for a stale token.
+
+        One ``executemany`` per kind: each statement matches at most one row (by primary key
+        and token), so when the counts add up nothing was refused. Only when they do not is the
+        batch redone row by row, under a savepoint, to name the refused ones."""
+        by_kind: dict[SettlementKind, list[dict[str, Any]]] = {}
         for s in settlements:
-            params: dict[str, Any] = {"id": s.job_id, "token": s.token, "now": now}
-            if s.kind is SettlementKind.ACK:
-                params["result"] = s.result
-                query = Q["ack"]
-            elif s.kind is SettlementKind.RELEASE:
-                query = Q["release"]
-            elif s.kind is SettlementKind.FAIL:
-                params["error"], params["delay"] = s.error, max(0.0, s.delay)
-                query = Q["fail"]
-            else:
-                params["error"] = s.error
-                query = Q["bury_reserved"]
-            if conn.execute(query, params).rowcount != 1:
-                refused.append(s.job_id)
+            by_kind.setdefault(s.kind, []).append({
+                "id": s.job_id, "token": s.token, "now": now, "result": s.result,
+                "error": s.error, "delay": max(0.0, s.delay),
+            })
+        conn.execute("SAVEPOINT settle")
+        applied = sum(conn.executemany(_SETTLE[kind], rows).rowcount for kind, rows in by_kind.items())
+        if applied == len(settlements):
+            conn.execute("RELEASE settle")
+            return []
+        conn.execute("ROLLBACK TO settle")
+        refused = [
+            row["id"]
+            for kind, rows in by_kind.items()
+            for row in rows
+            if conn.execute(_SETTLE[kind], row).rowcount != 1
+        ]
+        conn.execute("RELEASE settle")
         return refused
 
     def touch(self, leases: Sequence[tuple[int, int]], *, now: float) -> list[int]:

@@ -43,12 +43,15 @@ def main(argv: Sequence[str], prog: str = "crashonly worker", command: str = "wo
     if args.grace < 0:
         print(f"{prog}: error: --grace must be 0 or more seconds", file=sys.stderr)
         return 2
+    from ..lifecycle import Shutdown
     from ..loader import load_app
     from .process import Worker, WorkerConfig
 
+    # Handlers first: a SIGTERM that arrives while the app imports still means "stop politely".
+    shutdown = Shutdown().install()
     app = load_app(args.app)
     if args.url:
         app.url = args.url
     config = WorkerConfig(queues=tuple(args.queue), concurrency=args.concurrency,
                           grace=args.grace, prefetch=args.prefetch, log_format=args.log_format)
-    return Worker(app, config).run()
+    return Worker(app, config, shutdown=shutdown).run()

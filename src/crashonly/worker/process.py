@@ -86,16 +86,15 @@ class Counts:
 
 class Worker:
     def __init__(self, app: App, config: WorkerConfig, *, log: EventLog | None = None,
-                 started_at: float | None = None) -> None:
+                 shutdown: Shutdown | None = None) -> None:
         self.app = app
         self.config = config
         self.backend = app.backend
         self.id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.log = log or EventLog(config.log_format, worker=self.id)
         self.log.worker = self.id
-        self.started_at = started_at
         self.queues = list(config.queues) or sorted({t.queue for t in app.tasks.values()}) or ["default"]
-        self.shutdown = Shutdown()
+        self.shutdown = shutdown or Shutdown()
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.running: dict[int, Running] = {}
         self.buffer: collections.deque[Reservation] = collections.deque()
@@ -111,7 +110,8 @@ class Worker:
     # --- life cycle -------------------------------------------------------------------------
     def run(self) -> int:
         """Start, work until a signal, shut down; returns the exit code."""
-        self.shutdown.install()
+        if not self.shutdown.installed:
+            self.shutdown.install()
         self.shutdown.on_signal(lambda: self.inbox.put(_WAKE))
         try:
             self.backend.migrate()
