@@ -50,3 +50,4 @@ def wsgi_hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     body = f"hello from wsgi {environ['PATH_INFO']}".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
