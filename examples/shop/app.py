@@ -26,6 +26,11 @@ CREATE TABLE IF NOT EXISTS order_totals (
     tax       TEXT NOT NULL,
     total     TEXT NOT NULL,
     job_id    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pricing_log (
+    order_id  TEXT NOT NULL,
+    job_id    INTEGER NOT NULL,
+    attempt   INTEGER NOT NULL
 )
 """
 
@@ -51,7 +56,8 @@ def price_order(order_id: str, lines: list[dict[str, Any]]) -> dict[str, str]:
     job = crashonly.current_job()
     prices = quote(lines)
     db = job.db
-    db.execute(SCHEMA)
+    for statement in SCHEMA.split(";"):
+        db.execute(statement)
     db.execute(
         "INSERT INTO order_totals (order_id, subtotal, discount, tax, total, job_id) "
         "VALUES (?, ?, ?, ?, ?, ?) "
@@ -60,6 +66,9 @@ def price_order(order_id: str, lines: list[dict[str, Any]]) -> dict[str, str]:
         "job_id = excluded.job_id",
         (order_id, prices["subtotal"], prices["discount"], prices["tax"], prices["total"], job.id),
     )
+    # Append-only: one row per committed run, so "exactly once" can be counted, not assumed.
+    db.execute("INSERT INTO pricing_log (order_id, job_id, attempt) VALUES (?, ?, ?)",
+               (order_id, job.id, job.attempt))
     return prices
 
 
