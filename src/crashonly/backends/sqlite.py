@@ -285,36 +285,35 @@ class SQLiteBackend:
     def put(self, jobs: Sequence[NewJob], *, now: float, connection: Any = None) -> list[int]:
         if not jobs:
             return []
+        if connection is not None:
+            return self._put_rows(connection, jobs, now)
+        with self._write() as conn:
+            return self._put_rows(conn, jobs, now)
+
+    def _put_rows(self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> list[int]:
         rows = [
-            {
-                "task": j.task, "queue": j.queue, "priority": j.priority, "payload": j.payload,
-                "max_attempts": j.max_attempts, "lease": j.lease, "run_at": j.run_at,
-                "now": now, "unique_key": j.unique_key,
-                "state": "scheduled" if j.run_at > now else "ready",
-            }
+            (j.task, j.queue, "scheduled" if j.run_at > now else "ready", j.priority, j.payload,
+             j.max_attempts, j.lease, j.run_at, now, j.unique_key)
             for j in jobs
         ]
-        if connection is not None:
-            return self._put_rows(connection, rows)
-        with self._write() as conn:
-            return self._put_rows(conn, rows)
-
-    def _put_rows(self, conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> list[int]:
         try:
-            if all(r["unique_key"] is None for r in rows):
+            if all(j.unique_key is None for j in jobs):
                 # Under the write lock AUTOINCREMENT ids of one statement are consecutive.
                 conn.executemany(Q["insert_job"], rows)
                 last = conn.execute(Q["last_id"]).fetchone()[0]
                 return list(range(last - len(rows) + 1, last + 1))
             ids: list[int] = []
-            for r in rows:
-                if r["unique_key"] is None:
-                    conn.execute(Q["insert_job"], r)
+            for j, row in zip(jobs, rows, strict=True):
+                if j.unique_key is None:
+                    conn.execute(Q["insert_job"], row)
                     ids.append(conn.execute(Q["last_id"]).fetchone()[0])
                     continue
-                got = conn.execute(Q["insert_unique_job"], r).fetchone()
+                named = {"task": j.task, "queue": j.queue, "state": row[2], "priority": j.priority,
+                         "payload": j.payload, "max_attempts": j.max_attempts, "lease": j.lease,
+                         "run_at": j.run_at, "now": now, "unique_key": j.unique_key}
+                got = conn.execute(Q["insert_unique_job"], named).fetchone()
                 if got is None:
-                    got = conn.execute(Q["find_unique"], r).fetchone()
+                    got = conn.execute(Q["find_unique"], named).fetchone()
                 ids.append(got[0])
             return ids
         except sqlite3.DatabaseError as exc:
