@@ -102,9 +102,10 @@ class FrontDoor:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                if drain.draining:
+                headers = message.get("headers", ())
+                if drain.draining and not any(k.lower() == b"connection" for k, _ in headers):
                     message = dict(message)
-                    message["headers"] = [*message.get("headers", ()), _CLOSE]
+                    message["headers"] = [*headers, _CLOSE]
             await send(message)
 
         try:
