@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -63,6 +64,11 @@ _KINDS = {
     SettlementKind.BURY: "bury",
 }
 Conn = psycopg.Connection[Any]
+
+# The pool warns on stderr about every connection a server restart breaks; this backend turns
+# those failures into BackendUnavailable, which the worker logs once, in its own format.
+if logging.getLogger("psycopg.pool").level == logging.NOTSET:
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 _job = job_from_row
@@ -182,7 +188,7 @@ class PostgresBackend:
         if isinstance(exc, psycopg.OperationalError):
             return BackendUnavailable(
                 f"PostgreSQL at {self.where} is unavailable: {text}; check that the server is "
-                "running and DATABASE_URL is right (workers retry on their own)"
+                "running and DATABASE_URL is right"
             )
         return BackendError(f"PostgreSQL error on {self.where}: {text}")
 
@@ -207,8 +213,8 @@ class PostgresBackend:
             # own reason, instead of after a pool timeout.
             self._connect("probe").close()
             old, self._pool = self._pool, None
-            if old is not None:
-                old.close(timeout=0)
+            if old is not None:  # its threads may be mid-retry: let them end off the hot path
+                threading.Thread(target=old.close, kwargs={"timeout": 5}, daemon=True).start()
             pool: psycopg_pool.ConnectionPool[Conn] = psycopg_pool.ConnectionPool(
                 self.conninfo, min_size=1, max_size=self.pool_max, open=False,
                 timeout=self.pool_timeout, name=f"crashonly-{self.schema}",

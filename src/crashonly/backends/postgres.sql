@@ -114,7 +114,12 @@ SELECT id FROM {schema}.jobs WHERE unique_key = %(unique_key)s AND state <> 'don
 -- name: claim
 -- Lock up to :limit candidates, then keep a prefix: a job suspected of killing its last holder
 -- (alone) is taken only as the first and only job of a batch, so a later death is its own.
-WITH candidates AS (
+-- :commit is 'off' for a claim alone: it is not worth an fsync, since losing it to a server
+-- crash only puts its jobs back to ready, and any later durable commit (a transactional ack)
+-- flushes it first. With settlements in its transaction it is 'on'.
+WITH cfg AS (
+    SELECT set_config('synchronous_commit', %(commit)s, true)
+), candidates AS (
     SELECT id, alone, priority, run_at FROM {schema}.jobs
     WHERE state IN ('ready', 'scheduled') AND run_at <= %(now)s AND queue = ANY(%(queues)s)
     ORDER BY priority, run_at, id
@@ -130,7 +135,7 @@ WITH candidates AS (
 UPDATE {schema}.jobs AS j
 SET state = 'reserved', worker = %(worker)s, token = %(token)s, attempts = j.attempts + 1,
     alone = false, lease_expires_at = %(now)s + j.lease_seconds
-FROM ranked
+FROM ranked, cfg
 WHERE j.id = ranked.id AND (ranked.n = 1 OR ranked.alone_so_far = 0)
 RETURNING j.id, j.task, j.queue, j.state, j.priority, j.payload, j.attempts, j.max_attempts,
           j.deaths, j.lease_seconds, j.run_at, j.created_at, j.lease_expires_at, j.worker,
@@ -170,8 +175,11 @@ SET state = 'done', result = %(result)s, finished_at = %(now)s, lease_expires_at
 WHERE id = %(id)s AND token = %(token)s AND state = 'reserved';
 
 -- name: touch
+-- Not worth an fsync either: a lease extension lost to a server crash only lets the job be
+-- handed out again, and the token fences the old holder.
+WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true))
 UPDATE {schema}.jobs AS j SET lease_expires_at = %(now)s + j.lease_seconds
-FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS s(id, token)
+FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS s(id, token), cfg
 WHERE j.id = s.id AND j.token = s.token AND j.state = 'reserved'
 RETURNING j.id;
 
