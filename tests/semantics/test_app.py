@@ -227,3 +227,28 @@ def test_handle_wait_times_out(app: crashonly.App) -> None:
     handle = app.enqueue("never.runs")
     with pytest.raises(crashonly.JobTimeout):
         handle.wait(timeout=0.05)
+
+
+def test_sync_job_that_ends_after_its_timeout_fails(app: crashonly.App) -> None:
+    import time
+
+    @app.task(timeout=0.01, max_attempts=1)
+    def slow() -> str:
+        time.sleep(0.05)
+        return "late"
+
+    handle = slow.enqueue()
+    app.drain()
+    with pytest.raises(crashonly.JobFailed, match="over its timeout"):
+        handle.wait(1)
+
+
+def test_async_job_is_cancelled_at_its_timeout(app: crashonly.App) -> None:
+    @app.task(timeout=0.05, max_attempts=1)
+    async def forever() -> None:
+        await asyncio.sleep(60)
+
+    handle = forever.enqueue()
+    app.drain()
+    with pytest.raises(crashonly.JobFailed, match="timeout"):
+        handle.wait(1)

@@ -99,6 +99,7 @@ class Worker:
         self.running: dict[int, Running] = {}
         self.buffer: collections.deque[Reservation] = collections.deque()
         self.pending: list[Settlement] = []
+        self.pending_logs: dict[int, tuple[str, dict[str, Any]]] = {}  # logged once committed
         self.pending_since = 0.0
         self.counts = Counts()
         self.held_lock = threading.Lock()  # guards running/buffer snapshots for the keeper
@@ -167,8 +168,7 @@ class Worker:
             got, refused = self.backend.reserve(
                 worker_id=self.id, queues=self.queues, limit=limit, now=now, settle=self.pending
             )
-            self._refused(refused)
-            self.pending = []
+            self._settled(refused)
             with self.held_lock:
                 self.buffer.extend(got)
             while free > 0 and self.buffer:
@@ -189,14 +189,20 @@ class Worker:
 
     def _flush(self) -> None:
         if self.pending:
-            refused = self.backend.settle(self.pending, now=self.app.clock())
-            self.pending = []
-            self._refused(refused)
+            self._settled(self.backend.settle(self.pending, now=self.app.clock()))
 
-    def _refused(self, refused: list[int]) -> None:
-        for job_id in refused:
-            self.counts.lost += 1
-            self.log("lost", job=job_id, reason="lease lost before the ack: not applied")
+    def _settled(self, refused: list[int]) -> None:
+        """The pending settlements committed, but for ``refused``: now log their fate."""
+        refused_ids = set(refused)
+        for s in self.pending:
+            status, fields = self.pending_logs.pop(s.job_id, ("released", {"job": s.job_id}))
+            if s.job_id in refused_ids:
+                status = "lost"
+                fields = {**fields, "reason": "lease lost before the ack: not applied"}
+                fields.pop("error", None)
+            self.counts.add(status)
+            self.log(status, **fields)
+        self.pending = []
 
     # --- running jobs -----------------------------------------------------------------------
     def _start(self, r: Reservation) -> None:
@@ -253,23 +259,23 @@ class Worker:
             return
         r = run.reservation
         self.avg_duration = 0.8 * self.avg_duration + 0.2 * outcome.duration
-        status = "lost" if run.lost and outcome.status != "succeeded" else outcome.status
-        if run.lost:
-            status = "lost"
-        self.counts.add(status)
+        status = "lost" if run.lost else outcome.status
         fields: dict[str, Any] = {"job": job_id, "task": r.job.task,
                                   "ms": round(outcome.duration * 1000, 1)}
         if outcome.error and status != "succeeded":
             fields["error"] = outcome.error
         if status == "lost":
             fields["reason"] = "lease lost while running: another worker owns it now"
-        self.log(status, **fields)
-        if outcome.settlement is not None and not run.lost:
-            if not self.pending:
-                self.pending_since = time.monotonic()
-            self.pending.append(outcome.settlement)
-            if outcome.settlement.kind is SettlementKind.RELEASE:
-                self._flush()  # give it back at once
+        if outcome.settlement is None or run.lost:
+            self.counts.add(status)  # committed already (transactional), or not ours to settle
+            self.log(status, **fields)
+            return
+        if not self.pending:
+            self.pending_since = time.monotonic()
+        self.pending.append(outcome.settlement)
+        self.pending_logs[job_id] = (status, fields)
+        if outcome.settlement.kind is SettlementKind.RELEASE:
+            self._flush()  # give it back at once
 
     # --- shutdown ---------------------------------------------------------------------------
     def _shutdown(self) -> int:
@@ -283,6 +289,9 @@ class Worker:
         with self.held_lock:
             prefetched, self.buffer = list(self.buffer), collections.deque()
         self.pending += [_release(r) for r in prefetched]
+        for r in prefetched:
+            self.pending_logs[r.job.id] = ("released", {"job": r.job.id, "task": r.job.task,
+                                                        "reason": "prefetched, not started"})
         self._flush_quietly()
         for run in list(self.running.values()):
             run.cancelled.set()
@@ -302,9 +311,9 @@ class Worker:
             if run.context is not None and run.context.db is not None:
                 self.backend.abort(run.context.db)
             self.pending.append(_release(run.reservation))
-            self.counts.released += 1
-            self.log("released", job=run.reservation.job.id, task=run.reservation.job.task,
-                     reason="still running when the grace ended")
+            self.pending_logs[run.reservation.job.id] = ("released", {
+                "job": run.reservation.job.id, "task": run.reservation.job.task,
+                "reason": "still running when the grace ended"})
         self._flush_quietly()
         self.stop_threads.set()
         try:
@@ -313,7 +322,7 @@ class Worker:
             self.log("error", error=f"deregister failed: {exc}")
         c = self.counts
         self.log("shutdown", succeeded=c.succeeded, failed=c.failed, buried=c.buried,
-                 released=c.released + len(prefetched), lost=c.lost,
+                 released=c.released, lost=c.lost,
                  ms=round((time.monotonic() - t0) * 1000, 1))
         self.log.flush()
         if stuck:
@@ -333,6 +342,7 @@ class Worker:
             # returns them once we are gone (our lock or pid vanishes with us).
             self.log("error", error=f"could not release jobs: {exc}")
             self.pending = []
+            self.pending_logs.clear()
 
     # --- helper threads ---------------------------------------------------------------------
     def _start_loop(self) -> None:
