@@ -44,4 +44,11 @@ def load_app(spec: str | None) -> App:
     if not isinstance(app, App):
         found = type(app).__name__ if app is not None else "nothing"
         raise ConfigError(f"{module_name}:{attr} is {found}, not a crashonly.App")
+    probe_queue = os.environ.get("CRASHONLY_CHAOS_PROBE")
+    if probe_queue:
+        # Set by `crashonly chaos` for the formation it runs: add its probe task to the user's
+        # app, so the user's own worker command runs it (docs/chaos.md).
+        from .chaos.probe import install
+
+        install(app, queue=probe_queue)
     return app

@@ -60,6 +60,9 @@ def _up_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--ready-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                         help="how long a process that speaks NOTIFY_SOCKET may take to send "
                         "READY=1 before it is replaced (default 30)")
+    parser.add_argument("--backoff-max", type=_seconds, default=30.0, metavar="SECONDS",
+                        help="longest wait before restarting a process that keeps dying "
+                        "(default 30; `crashonly chaos` lowers it, since it kills on purpose)")
     parser.add_argument("-d", "--root", metavar="DIR",
                         help="working directory of the processes (default: the current one)")
     return parser
@@ -118,7 +121,8 @@ def _run(*, procfile: Procfile, env: dict[str, str], formation: dict[str, int], 
         control = listen(procfile.path)
         ports = {name: sock.getsockname()[1] for name, sock in listeners.items()}
         settings = Settings(procfile=procfile, env=env, formation=formation, ports=ports,
-                            timeout=args.timeout, ready_timeout=args.ready_timeout, root=root)
+                            timeout=args.timeout, ready_timeout=args.ready_timeout, root=root,
+                            backoff_max=args.backoff_max)
         manager = Manager(settings, Logs(procfile.names()), listeners=listeners, control=control)
         return manager.run()
     finally:
