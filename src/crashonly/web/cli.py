@@ -78,6 +78,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                         help="close idle keep-alive connections after this long (default 5)")
     parser.add_argument("--header-timeout", type=_seconds, default=10.0, metavar="SECONDS",
                         help="close a connection whose request head takes longer (default 10)")
+    parser.add_argument("--idle-linger", type=_seconds, default=1.0, metavar="SECONDS",
+                        help="after SIGTERM, how long an idle keep-alive connection may still "
+                        "bring a request before it is closed (default 1)")
     parser.add_argument("--root-path", default="", help="ASGI root_path (mounted under a prefix)")
     parser.add_argument("--proxy-headers", action="store_true",
                         help="trust X-Forwarded-* from --forwarded-allow-ips")
@@ -182,7 +185,8 @@ def main(argv: list[str], prog: str = "crashonly web", command: str = "web") -> 
             app = WSGIMiddleware(app)
         options = ServeOptions(
             grace=args.grace, livez=args.livez, readyz=args.readyz, keep_alive=args.keep_alive,
-            header_timeout=args.header_timeout, access_log=args.access_log,
+            header_timeout=args.header_timeout, idle_linger=args.idle_linger,
+            access_log=args.access_log,
             root_path=args.root_path, proxy_headers=args.proxy_headers,
             forwarded_allow_ips=args.forwarded_allow_ips,
         )
