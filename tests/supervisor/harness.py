@@ -75,8 +75,11 @@ class Up:
 
     def _read(self) -> None:
         assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.append(line.rstrip("\n"))
+        try:
+            for line in self.popen.stdout:
+                self.lines.append(line.rstrip("\n"))
+        except (ValueError, OSError):  # closed by teardown while a straggler held the pipe
+            pass
 
     def wait_for(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match[str]:
         rx = re.compile(pattern)
@@ -133,5 +136,7 @@ class Up:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # The watchdog shares up's stderr: the pipe ends when the last holder is gone.
+        self._reader.join(5)
         if self.popen.stdout is not None:
             self.popen.stdout.close()

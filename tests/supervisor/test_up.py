@@ -65,11 +65,13 @@ class Load:
 
 def test_logs_are_prefixed_and_the_socket_is_handed_to_every_web_child(up: UpFactory) -> None:
     proc = up(WEB + "worker: echo worker says $CRASHONLY_PROCESS; exec sleep 60\n",
-              "--formation", "web=2,worker=1")
+              "--notify", "web", "--formation", "web=2,worker=1")
     port = proc.port()
     proc.wait_for(r"web\.1 \(pid \d+\) ready in .* \(READY=1\)")
     proc.wait_for(r"web\.2 \(pid \d+\) ready in .* \(READY=1\)")
     proc.wait_for(r"^\d\d:\d\d:\d\d worker\.1 +\| worker says worker\.1$")
+    # A process that never sends READY=1 (and was not declared with --notify) is ready alive 1 s.
+    proc.wait_for(r"worker\.1 \(pid \d+\) ready in .* \(alive 1 s; it does not send READY=1\)")
     proc.wait_for(r"^\d\d:\d\d:\d\d web\.1 +\| serving on fd 3 as pid \d+$")
     # Both children accept from the one socket `up` bound.
     pids = {get(port) for _ in range(60)}
@@ -77,7 +79,7 @@ def test_logs_are_prefixed_and_the_socket_is_handed_to_every_web_child(up: UpFac
 
 
 def test_sigterm_drains_and_exits_zero_leaving_nothing(up: UpFactory) -> None:
-    proc = up(WEB, "--formation", "web=2")
+    proc = up(WEB, "--notify", "web", "--formation", "web=2")
     port = proc.port()
     proc.wait_for(r"web\.2 .* ready")
     result: list[str] = []
@@ -93,7 +95,7 @@ def test_sigterm_drains_and_exits_zero_leaving_nothing(up: UpFactory) -> None:
 
 
 def test_rolling_restart_under_load_fails_no_request(up: UpFactory) -> None:
-    proc = up(WEB, "--formation", "web=2")
+    proc = up(WEB, "--notify", "web", "--formation", "web=2")
     port = proc.port()
     proc.wait_for(r"web\.2 .* ready")
     before = {get(port) for _ in range(30)}
@@ -114,7 +116,7 @@ def test_rolling_restart_under_load_fails_no_request(up: UpFactory) -> None:
 
 
 def test_sighup_is_a_rolling_restart(up: UpFactory) -> None:
-    proc = up(WEB, "--formation", "web=1")
+    proc = up(WEB, "--notify", "web", "--formation", "web=1")
     port = proc.port()
     proc.wait_for(r"web\.1 .* ready")
     old = get(port)
@@ -129,7 +131,7 @@ def test_rolling_restart_stops_when_the_new_process_is_not_ready(up: UpFactory,
     marker = tmp_path / "broken"
     command = (f"web: if [ -e {marker} ]; then exec {PYTHON} {CHILDREN / 'notready.py'}; "
                f"else exec {PYTHON} {CHILDREN / 'webchild.py'}; fi\n")
-    proc = up(command, "--ready-timeout", "1.5")
+    proc = up(command, "--notify", "web", "--ready-timeout", "1.5")
     port = proc.port()
     proc.wait_for(r"web\.1 .* ready")
     old = get(port)
@@ -173,16 +175,16 @@ def test_shutdown_sigkills_what_ignores_sigterm_and_exits_nonzero(up: UpFactory)
 
 def test_children_stop_when_up_is_sigkilled(up: UpFactory) -> None:
     # A simple command, a pipeline (its shell stays), and a web child.
-    proc = up(WEB + "sleeper: exec sleep 60\npipeline: sleep 60 | cat\n")
+    proc = up(WEB + "sleeper: exec sleep 60\npipeline: sleep 60 | cat\n", "--notify", "web")
     proc.wait_for(r"web\.1 .* ready")
     proc.wait_for(r"pipeline\.1 .* ready")
-    assert len(tagged(proc.tag)) >= 5  # up, watchdog, web, sleep, sh+sleep+cat
+    assert len(tagged(proc.tag)) >= 5  # up, "--notify", "web", watchdog, web, sleep, sh+sleep+cat
     os.kill(proc.popen.pid, signal.SIGKILL)
     assert wait_until_gone(proc.tag, 10) == []
 
 
 def test_scale_changes_the_formation_while_running(up: UpFactory) -> None:
-    proc = up(WEB + "worker: exec sleep 60\n", "--formation", "web=1,worker=2")
+    proc = up(WEB + "worker: exec sleep 60\n", "--notify", "web", "--formation", "web=1,worker=2")
     port = proc.port()
     proc.wait_for(r"web\.1 .* ready")
     result = proc.ctl("scale", "web=3", "worker=1")
@@ -195,6 +197,7 @@ def test_scale_changes_the_formation_while_running(up: UpFactory) -> None:
     while len(pids) < 3 and time.monotonic() < deadline:
         pids.add(get(port))
     assert len(pids) == 3
+    proc.wait_for(r"worker\.1 .* ready")
     status = proc.ctl("scale")
     assert status.stdout.splitlines()[0] == "web=3 worker=1"
     assert sum(" ready" in line for line in status.stdout.splitlines()) == 4
@@ -235,6 +238,8 @@ def test_colour_on_request(up: UpFactory) -> None:
      r"^crashonly: error: .*Procfile:2: expected `name: command`"),
     ({"Procfile": "web: exec sleep 60\n"}, ["--formation", "web=1,wrker=2"],
      r"^crashonly: error: unknown process type 'wrker' in the formation; the Procfile has: web$"),
+    ({"Procfile": "web: exec sleep 60\n"}, ["--notify", "web,api"],
+     r"^crashonly: error: unknown process type 'api' in --notify; the Procfile has: web$"),
     ({"Procfile": "web: exec sleep 60\n"}, ["-e", "missing.env"],
      r"^crashonly: error: no \.env file at missing\.env"),
     ({}, [], r"^crashonly: error: no Procfile at Procfile"),

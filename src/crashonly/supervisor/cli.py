@@ -63,6 +63,10 @@ def _up_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--backoff-max", type=_seconds, default=30.0, metavar="SECONDS",
                         help="longest wait before restarting a process that keeps dying "
                         "(default 30; `crashonly chaos` lowers it, since it kills on purpose)")
+    parser.add_argument("--notify", metavar="TYPE,...", default="",
+                        help="types whose processes send READY=1 on NOTIFY_SOCKET: wait for it "
+                        "(crashonly commands are recognised without this); other processes are "
+                        "taken as ready after 1 s alive")
     parser.add_argument("-d", "--root", metavar="DIR",
                         help="working directory of the processes (default: the current one)")
     return parser
@@ -81,6 +85,11 @@ def _up(argv: list[str], prog: str) -> int:
     formation = resolve_formation(
         parse_formation(args.formation) if args.formation else {}, procfile.names()
     )
+    notify_types = frozenset(t for t in args.notify.replace(",", " ").split())
+    unknown = sorted(notify_types - set(procfile.names()))
+    if unknown:
+        raise FormationError(f"unknown process type {', '.join(map(repr, unknown))} in --notify; "
+                             f"the Procfile has: {', '.join(procfile.names())}")
     root = None
     if args.root is not None:
         root = Path(args.root).resolve()
@@ -96,11 +105,12 @@ def _up(argv: list[str], prog: str) -> int:
         raise SupervisorError(f"port {base} is out of range 0-65535")
     env["CRASHONLY_UP_PID"] = str(os.getpid())
     env.setdefault("PYTHONUNBUFFERED", "1")  # children's lines should reach us as they happen
-    return _run(procfile=procfile, env=env, formation=formation, base=base, args=args, root=root)
+    return _run(procfile=procfile, env=env, formation=formation, base=base, args=args,
+                root=root, notify_types=notify_types)
 
 
 def _run(*, procfile: Procfile, env: dict[str, str], formation: dict[str, int], base: int,
-         args: argparse.Namespace, root: Path | None) -> int:
+         args: argparse.Namespace, root: Path | None, notify_types: frozenset[str]) -> int:
     from .control import listen
     from .logs import Logs
     from .manager import Manager, Settings

@@ -15,11 +15,12 @@ that stayed ready for ``stable_after`` seconds resets the count, and from ``cras
 failures in a row each restart is reported as a crash loop.
 
 Readiness: ``READY=1`` on the child's notify socket. A child that never speaks the protocol
-(and is not a ``crashonly`` command, which always does) is taken as ready after it has stayed
-alive ``ready_after`` seconds. A TCP check of a web port would prove nothing here: ``up`` holds
-the listening socket, so the kernel completes connections into its backlog whether or not any
-child accepts them. A child that speaks the protocol but is not ready within ``ready_timeout``
-is stopped and replaced (with backoff).
+(and is neither a ``crashonly`` command, which always does, nor of a type named with
+``--notify``) is taken as ready after it has stayed alive ``ready_after`` seconds. A TCP check
+of a web port would prove nothing here: ``up`` holds the listening socket, so the kernel
+completes connections into its backlog whether or not any child accepts them. A child that
+speaks the protocol but is not ready within ``ready_timeout`` is stopped and replaced (with
+backoff).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Settings:
     backoff_max: float = 30.0
     stable_after: float = 10.0
     crash_loop_after: int = 3
+    notify_types: frozenset[str] = frozenset()  # types that must send READY=1 (--notify)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -238,6 +240,8 @@ class Manager:
             self.logs.error(f"cannot start {slot.label}: {exc}")
             self._failed(slot, None, f"spawn failed: {exc}")
             return None
+        if slot.type_name in self.settings.notify_types:
+            child.notify_only = True
         self._watch(child.pid)
         self.children[child.pid] = child
         self.selector.register(child.output, selectors.EVENT_READ, ("output", child))
