@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -227,6 +228,7 @@ def run(cfg: Config) -> int:
           f"{total} {'probe' if cfg.task is None else task} jobs over {cfg.duration:g} s, "
           f"a SIG{'/SIG'.join(cfg.signals)} every ~{cfg.kill_every:g} s", flush=True)
     threads: list[Any] = []
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # stopped politely: stop the formation
     try:
         supervised.start()
         try:
@@ -290,10 +292,15 @@ def run(cfg: Config) -> int:
         supervised.stop(cfg.stop_timeout + 5.0)
         return 130
     finally:
+        signal.signal(signal.SIGTERM, previous)
         supervised.kill()  # no-op when up already stopped; never leave a process behind
         app.close()
         if log is not None:
             log.close()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _task_queue(app: Any, task: str) -> str:
