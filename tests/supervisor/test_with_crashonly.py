@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import crashonly
-from tests.conftest import PYTHON
-from tests.supervisor.harness import Up, tagged
+from tests.conftest import PYTHON, ROOT
+from tests.supervisor.harness import Up, tagged, wait_until_gone
 from tests.supervisor.test_up import Load, get
 
 UpFactory = Callable[..., Up]
@@ -49,3 +54,48 @@ def test_web_and_worker_under_up(up: UpFactory, db_url: str,
     proc.signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert tagged(proc.tag) == []
+
+
+def test_the_example_shop_procfile(tmp_path: Path, db_url: str,
+                                   subprocess_env: dict[str, str]) -> None:
+    """The README's `crashonly up -f examples/shop/Procfile`: an order placed on the web
+    process is priced by a worker, with both started by `up` from the example's Procfile."""
+    import httpx
+
+    env = dict(subprocess_env, DATABASE_URL=db_url, CRASHONLY_TEST_TAG=uuid.uuid4().hex,
+               PATH=f"{Path(PYTHON).parent}{os.pathsep}{subprocess_env.get('PATH', '')}")
+    env.pop("REDIS_URL", None)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "crashonly.cli", "up", "-f", "examples/shop/Procfile", "--port", "0",
+         "-m", "web=1,worker=1"], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (sum("ready in" in line for line in list(lines)) >= 2
+                   and any("listening on port" in line for line in list(lines))):
+            assert time.monotonic() < deadline, "".join(lines)
+            assert proc.poll() is None, "".join(lines)
+            time.sleep(0.05)
+        port = int(next(line for line in list(lines) if "listening on port" in line)
+                   .split("listening on port ")[1].split(";")[0])
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as client:
+            placed = client.post("/orders", json={"lines": [
+                {"sku": "tea", "quantity": 4, "unit_price": "30.00"}]})
+            assert placed.status_code == 202, placed.text
+            job = client.get(placed.json()["wait"])
+            assert job.status_code == 200, job.text
+            assert job.json()["state"] == "done"
+            assert job.json()["result"]["total"] == "136.80"  # (120 - 5%) + 20% tax
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        for pid in tagged(env["CRASHONLY_TEST_TAG"]):
+            os.kill(pid, signal.SIGKILL)
+        reader.join(5)
+    assert wait_until_gone(env["CRASHONLY_TEST_TAG"], 5) == []
