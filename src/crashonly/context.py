@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextvars
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,9 +32,22 @@ class JobContext:
     attempt: int
     max_attempts: int
     idempotency_key: str
-    scratch: str
     cancelled: threading.Event = field(default_factory=threading.Event)
     db: Any = None
+    _scratch: str | None = None
+
+    @property
+    def scratch(self) -> str:
+        """Created on first use (most jobs never need one: a mkdir and rmtree per job would
+        cost a tenth of a no-op job's time), removed after the attempt."""
+        if self._scratch is None:
+            self._scratch = tempfile.mkdtemp(prefix=f"crashonly-job-{self.id}-")
+        return self._scratch
+
+    def remove_scratch(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def check_cancelled(self) -> None:
         """Raise :class:`crashonly.Cancelled` if the worker is shutting down."""

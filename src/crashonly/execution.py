@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 import threading
 import time
 import traceback
@@ -86,7 +84,6 @@ def prepare(app: App, r: Reservation, cancelled: threading.Event | None = None) 
     context = JobContext(
         id=r.job.id, task=task.name, queue=r.job.queue, attempt=r.job.attempts,
         max_attempts=r.job.max_attempts, idempotency_key=r.job.idempotency_key,
-        scratch=tempfile.mkdtemp(prefix=f"crashonly-job-{r.job.id}-"),
         cancelled=cancelled or threading.Event(),
     )
     return Prepared(reservation=r, task=task, args=args, kwargs=kwargs, context=context)
@@ -95,7 +92,7 @@ def prepare(app: App, r: Reservation, cancelled: threading.Event | None = None) 
 def conclude(p: Prepared, started: float, exc: BaseException | None, result: Any = None,
              *, acked: bool = False) -> Outcome:
     """Turn what the handler did into an outcome; always removes the scratch directory."""
-    shutil.rmtree(p.context.scratch, ignore_errors=True)
+    p.context.remove_scratch()
     r, task = p.reservation, p.task
     duration = time.monotonic() - started
     if exc is None and task.timeout is not None and duration > task.timeout and not acked:

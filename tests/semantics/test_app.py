@@ -121,11 +121,14 @@ def test_cancelled_job_is_released(app: crashonly.App) -> None:
 
 def test_current_job_and_scratch(app: crashonly.App, clock: FakeClock) -> None:
     seen: list[crashonly.JobContext] = []
+    scratches: list[str] = []
 
     @app.task
     def inspect() -> str:
         ctx = crashonly.current_job()
         seen.append(ctx)
+        scratches.append(ctx.scratch)
+        assert os.path.isdir(ctx.scratch) and ctx.scratch == scratches[-1]
         with open(os.path.join(ctx.scratch, "big.tmp"), "w") as f:
             f.write("x" * 1000)
         if ctx.attempt == 1:
@@ -140,7 +143,8 @@ def test_current_job_and_scratch(app: crashonly.App, clock: FakeClock) -> None:
     assert [c.attempt for c in seen] == [1, 2]
     assert seen[0].idempotency_key == seen[1].idempotency_key == key
     assert seen[0].id == handle.id and not seen[0].cancelled.is_set()
-    assert not any(os.path.exists(c.scratch) for c in seen)  # removed whatever the outcome
+    assert len(set(scratches)) == 2  # one per attempt
+    assert not any(os.path.exists(p) for p in scratches)  # removed whatever the outcome
     with pytest.raises(crashonly.CrashonlyError):
         crashonly.current_job()
 

@@ -41,8 +41,10 @@ class EventLog:
 
 
 def _text(value: Any) -> str:
+    if type(value) is int:
+        return str(value)
     text = str(value)
-    if not text or any(c.isspace() for c in text) or '"' in text:
+    if not text or " " in text or '"' in text or "\n" in text or "\t" in text:
         first = text.strip().splitlines()
         text = first[-1] if first else ""
         return json.dumps(text[:200])

@@ -2,32 +2,33 @@
 
 Threads, each with one job:
 
-* **main** — the dispatch loop. It alone reserves, starts jobs and settles them, so the
-  bookkeeping (``running``, ``buffer``, ``pending``) needs no lock except for the keeper's
-  snapshot. It blocks on one queue that receives job completions, signals and wake-ups.
-* **pool** — a bounded thread pool for sync handlers; async handlers run on one event loop in
-  its own thread.
-* **keeper** — every half second runs recovery (dead workers' jobs back to ready), and about
-  every lease/3 renews the leases of the jobs this worker holds and its own heartbeat. It goes
-  on during the shutdown grace, so a job is never timed out while it is being drained.
+* **main** — reserves batches, settles finished jobs (folding their acks into the next claim),
+  logs, and runs the shutdown. It blocks on one inbox that receives wake-ups from signals, lanes,
+  the waker and the keeper.
+* **lanes** — ``--concurrency`` threads that take sync jobs from the work queue and run them one
+  after another. A claimed batch goes straight into the work queue, so a lane starts its next
+  job without waiting for main: a job costs no thread round trip. Lanes report finished jobs in
+  a list and wake main only when it must act (work queue empty, a job not acked, shutdown).
+* **asyncio** — one event loop, only if the app has async tasks; main starts them on it.
+* **keeper** — about twice a second runs recovery (dead workers' jobs back to ready), and about
+  every lease/3 renews the leases of the jobs this worker holds and its heartbeat. It goes on
+  during the shutdown grace, so a job is never timed out while it is being drained.
 * **waker** — blocks in ``backend.wait_for_change`` (LISTEN/NOTIFY, or SQLite's data_version)
   and wakes main when new work may be there, so an idle worker does not poll the queue.
 
-Shutdown (SIGTERM/SIGINT) is one function, :meth:`Worker._shutdown`: stop reserving, hand back
-prefetched jobs at once, cancel running jobs and give them the grace, release what is left,
+Shutdown (SIGTERM/SIGINT) is one function, :meth:`Worker._shutdown`: stop claiming, hand back
+jobs not yet started, cancel running jobs and give them the grace, release what is left,
 deregister, exit. A second signal ends the grace at once.
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import queue
 import random
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["Worker", "WorkerConfig"]
 
 _WAKE = object()
+_STOP = None
 _RECOVER_EVERY = 0.5
 _FLUSH_AFTER = 0.02  # settle finished jobs at least this often when nothing else commits
 _MAX_PREFETCH = 64
@@ -95,18 +97,24 @@ class Worker:
         self.log.worker = self.id
         self.queues = list(config.queues) or sorted({t.queue for t in app.tasks.values()}) or ["default"]
         self.shutdown = shutdown or Shutdown()
-        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.running: dict[int, Running] = {}
-        self.buffer: collections.deque[Reservation] = collections.deque()
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # wake-ups, async completions
+        self.work: queue.SimpleQueue[Reservation | None] = queue.SimpleQueue()  # sync jobs
+        self.lock = threading.Lock()  # guards held, running, finished, lost
+        self.held: dict[int, Reservation] = {}  # every reservation not yet settled
+        self.running: dict[int, Running] = {}  # started and not finished
+        self.finished: list[tuple[int, Outcome]] = []  # reported by lanes, not yet handled
+        self.unstarted: list[Reservation] = []  # taken by a lane after shutdown began
+        self.lost: set[int] = set()
         self.pending: list[Settlement] = []
         self.pending_logs: dict[int, tuple[str, dict[str, Any]]] = {}  # logged once committed
         self.pending_since = 0.0
         self.counts = Counts()
-        self.held_lock = threading.Lock()  # guards running/buffer snapshots for the keeper
         self.stop_threads = threading.Event()
-        self.pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="job")
+        self.lanes = [threading.Thread(target=self._lane, name=f"lane-{i}", daemon=True)
+                      for i in range(config.concurrency)]
         self.loop: asyncio.AbstractEventLoop | None = None
         self.avg_duration = 0.05
+        self.low_water = config.concurrency  # lanes wake main when this few jobs are left
 
     # --- life cycle -------------------------------------------------------------------------
     def run(self) -> int:
@@ -124,12 +132,13 @@ class Worker:
             ))
             if any(t.is_async for t in self.app.tasks.values()):
                 self._start_loop()
+            for lane in self.lanes:
+                lane.start()
             for target, name in ((self._keeper, "keeper"), (self._waker, "waker")):
                 threading.Thread(target=target, name=name, daemon=True).start()
-            ready_ms = _since_exec_ms()
             notify("READY=1")
             self.log("ready", queues=",".join(self.queues), concurrency=self.config.concurrency,
-                     pid=os.getpid(), startup_ms=ready_ms,
+                     pid=os.getpid(), startup_ms=_since_exec_ms(),
                      recovered=len(report.requeued) or None)
             self.log.flush()
             self._loop()
@@ -141,8 +150,8 @@ class Worker:
         idle = False
         backoff = 0.0
         while not self.shutdown.requested.is_set():
-            self._collect(timeout=0.5 if idle or len(self.running) >= self.config.concurrency
-                          else 0.0)
+            busy = bool(self.held)
+            self._collect(timeout=0.5 if idle else _FLUSH_AFTER if busy else 0.0)
             if self.shutdown.requested.is_set():
                 break
             try:
@@ -157,24 +166,26 @@ class Worker:
             self.log.flush()
 
     def _step(self) -> bool:
-        """Start what can start, fetch more if there is room; True when there was nothing."""
-        free = self.config.concurrency - len(self.running)
-        while free > 0 and self.buffer:
-            self._start(self.buffer.popleft())
-            free -= 1
-        now = self.app.clock()
-        if free > 0 and not self.buffer:
-            limit = free + self._prefetch()
+        """Claim more when the lanes are about to run dry; settle what finished. True when
+        there was nothing to do."""
+        outstanding = len(self.held)
+        prefetch = self._prefetch()
+        # Double buffering: claim the next batch while half of this one is still queued, so
+        # lanes never wait for a commit.
+        self.low_water = self.config.concurrency + prefetch // 2
+        if outstanding < self.config.concurrency or (outstanding <= self.low_water and prefetch):
+            limit = self.config.concurrency + prefetch - outstanding
             got, refused = self.backend.reserve(
-                worker_id=self.id, queues=self.queues, limit=limit, now=now, settle=self.pending
+                worker_id=self.id, queues=self.queues, limit=limit, now=self.app.clock(),
+                settle=self.pending,
             )
             self._settled(refused)
-            with self.held_lock:
-                self.buffer.extend(got)
-            while free > 0 and self.buffer:
-                self._start(self.buffer.popleft())
-                free -= 1
-            return not got and not self.running
+            with self.lock:
+                for r in got:
+                    self.held[r.job.id] = r
+            for r in got:
+                self._dispatch(r)
+            return not got and not self.held
         if self.pending and (len(self.pending) >= _MAX_PREFETCH
                              or time.monotonic() - self.pending_since >= _FLUSH_AFTER):
             self._flush()
@@ -205,32 +216,52 @@ class Worker:
         self.pending = []
 
     # --- running jobs -----------------------------------------------------------------------
-    def _start(self, r: Reservation) -> None:
+    def _dispatch(self, r: Reservation) -> None:
+        task = self.app.tasks.get(r.job.task)
+        if task is None or not task.is_async or self.loop is None:
+            self.work.put(r)  # a lane takes it
+            return
+        run = self._begin(r)
+        p = prepare(self.app, r, run.cancelled)
+        if isinstance(p, Prepared):
+            self.loop.call_soon_threadsafe(self._start_async, run, p)
+        else:
+            self.inbox.put((r.job.id, p))
+
+    def _begin(self, r: Reservation) -> Running:
         run = Running(reservation=r, started=time.monotonic())
-        with self.held_lock:
+        with self.lock:
             self.running[r.job.id] = run
         self.log("started", job=r.job.id, task=r.job.task, attempt=r.job.attempts)
-        task = self.app.tasks.get(r.job.task)
-        if task is not None and task.is_async and self.loop is not None:
-            p = prepare(self.app, r, run.cancelled)
-            if isinstance(p, Prepared):
-                self.loop.call_soon_threadsafe(self._start_async, run, p)
+        return run
+
+    def _lane(self) -> None:
+        while True:
+            r = self.work.get()
+            if r is _STOP:
                 return
-            self.inbox.put((r.job.id, p))
-            return
+            if self.shutdown.requested.is_set() or r.job.id in self.lost:
+                with self.lock:
+                    self.unstarted.append(r)
+                self.inbox.put(_WAKE)
+                continue
+            run = self._begin(r)
 
-        def on_start(ctx: JobContext) -> None:
-            run.context = ctx
+            def on_start(ctx: JobContext, run: Running = run) -> None:
+                run.context = ctx
 
-        def call() -> None:
             try:
                 outcome = run_sync(self.app, r, run.cancelled, on_start)
             except BaseException as exc:  # never lose the completion
                 outcome = Outcome(status="retrying", error=repr(exc), settlement=Settlement(
                     job_id=r.job.id, token=r.token, kind=SettlementKind.FAIL, error=repr(exc)))
-            self.inbox.put((r.job.id, outcome))
-
-        self.pool.submit(call)
+            with self.lock:
+                self.finished.append((r.job.id, outcome))
+            settled = outcome.settlement
+            if (self.work.qsize() <= self.low_water - self.config.concurrency
+                    or self.shutdown.requested.is_set()
+                    or (settled is not None and settled.kind is not SettlementKind.ACK)):
+                self.inbox.put(_WAKE)
 
     def _start_async(self, run: Running, p: Prepared) -> None:
         assert self.loop is not None
@@ -239,34 +270,40 @@ class Worker:
         run.task.add_done_callback(lambda t: self.inbox.put((job_id, t.result())))
 
     def _collect(self, timeout: float) -> None:
-        """Take completions (waiting up to ``timeout`` for the first) and decide their fate."""
+        """Wait up to ``timeout`` for a wake-up, then handle everything that finished."""
         try:
             item = self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait()
         except queue.Empty:
-            return
+            item = _WAKE
         while True:
             if item is not _WAKE:
                 self._finished(*item)
             try:
                 item = self.inbox.get_nowait()
             except queue.Empty:
-                return
+                break
+        with self.lock:
+            finished, self.finished = self.finished, []
+        for job_id, outcome in finished:
+            self._finished(job_id, outcome)
 
     def _finished(self, job_id: int, outcome: Outcome) -> None:
-        with self.held_lock:
+        with self.lock:
             run = self.running.pop(job_id, None)
+            self.held.pop(job_id, None)
         if run is None:
             return
         r = run.reservation
         self.avg_duration = 0.8 * self.avg_duration + 0.2 * outcome.duration
-        status = "lost" if run.lost else outcome.status
+        lost = run.lost or job_id in self.lost
+        status = "lost" if lost else outcome.status
         fields: dict[str, Any] = {"job": job_id, "task": r.job.task,
                                   "ms": round(outcome.duration * 1000, 1)}
         if outcome.error and status != "succeeded":
             fields["error"] = outcome.error
-        if status == "lost":
+        if lost:
             fields["reason"] = "lease lost while running: another worker owns it now"
-        if outcome.settlement is None or run.lost:
+        if outcome.settlement is None or lost:
             self.counts.add(status)  # committed already (transactional), or not ours to settle
             self.log(status, **fields)
             return
@@ -277,36 +314,55 @@ class Worker:
         if outcome.settlement.kind is SettlementKind.RELEASE:
             self._flush()  # give it back at once
 
+    def _hand_back_unstarted(self, reason: str) -> None:
+        """Release every claimed job no lane has started (queued, or taken after the stop)."""
+        while True:
+            try:
+                r = self.work.get_nowait()
+            except queue.Empty:
+                break
+            if r is not _STOP:
+                self.unstarted.append(r)
+        with self.lock:
+            unstarted, self.unstarted = self.unstarted, []
+            for r in unstarted:
+                self.held.pop(r.job.id, None)
+        for r in unstarted:
+            if r.job.id in self.lost:
+                continue
+            self.pending.append(_release(r))
+            self.pending_logs[r.job.id] = ("released", {"job": r.job.id, "task": r.job.task,
+                                                        "reason": reason})
+
     # --- shutdown ---------------------------------------------------------------------------
     def _shutdown(self) -> int:
-        """Stop reserving → hand back prefetched jobs → cancel and wait up to the grace →
+        """Stop claiming → hand back jobs not started → cancel and wait up to the grace →
         release what is left → deregister."""
         t0 = time.monotonic()
         self.log("stopping", signal=_signame(self.shutdown.received), running=len(self.running),
                  grace=self.config.grace)
         self.log.flush()
         notify("STOPPING=1")
-        with self.held_lock:
-            prefetched, self.buffer = list(self.buffer), collections.deque()
-        self.pending += [_release(r) for r in prefetched]
-        for r in prefetched:
-            self.pending_logs[r.job.id] = ("released", {"job": r.job.id, "task": r.job.task,
-                                                        "reason": "prefetched, not started"})
+        self._hand_back_unstarted("claimed but not started")
         self._flush_quietly()
-        for run in list(self.running.values()):
+        with self.lock:
+            running = list(self.running.values())
+        for run in running:
             run.cancelled.set()
             if run.task is not None and self.loop is not None:
                 self.loop.call_soon_threadsafe(run.task.cancel)
         deadline = t0 + self.config.grace
-        while self.running and not self.shutdown.immediate.is_set():
+        while self.held and not self.shutdown.immediate.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             self._collect(timeout=min(0.05, remaining))
-            if self.pending and any(s.kind is SettlementKind.RELEASE for s in self.pending):
-                self._flush_quietly()
+            self._hand_back_unstarted("claimed but not started")
+            self._flush_quietly()
         self._collect(timeout=0.0)
-        stuck = list(self.running.values())
+        self._hand_back_unstarted("claimed but not started")
+        with self.lock:
+            stuck = list(self.running.values())
         for run in stuck:
             if run.context is not None and run.context.db is not None:
                 self.backend.abort(run.context.db)
@@ -322,14 +378,16 @@ class Worker:
             self.log("error", error=f"deregister failed: {exc}")
         c = self.counts
         self.log("shutdown", succeeded=c.succeeded, failed=c.failed, buried=c.buried,
-                 released=c.released, lost=c.lost,
-                 ms=round((time.monotonic() - t0) * 1000, 1))
+                 released=c.released, lost=c.lost, ms=round((time.monotonic() - t0) * 1000, 1))
         self.log.flush()
         if stuck:
             # Threads cannot be killed: their jobs are released (committed above), so leave
             # without joining them.
             os._exit(0)
-        self.pool.shutdown(wait=True)
+        for _ in self.lanes:
+            self.work.put(_STOP)
+        for lane in self.lanes:
+            lane.join(1.0)
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)
         return 0
@@ -375,11 +433,9 @@ class Worker:
                         self.inbox.put(_WAKE)
                 if time.monotonic() - last_touch >= touch_every:
                     last_touch = time.monotonic()
-                    with self.held_lock:
-                        held = {r.job.id: r for r in self.buffer}
-                        held.update({i: run.reservation for i, run in self.running.items()})
-                    lost = self.backend.touch([(i, r.token) for i, r in held.items()],
-                                              now=self.app.clock())
+                    with self.lock:
+                        held = [(i, r.token) for i, r in self.held.items()]
+                    lost = self.backend.touch(held, now=self.app.clock())
                     self.backend.heartbeat(self.id, now=self.app.clock())
                     self._mark_lost(lost)
             except CrashonlyError as exc:
@@ -388,16 +444,19 @@ class Worker:
     def _mark_lost(self, lost: list[int]) -> None:
         if not lost:
             return
-        with self.held_lock:
+        with self.lock:
+            self.lost.update(lost)
             for job_id in lost:
                 run = self.running.get(job_id)
                 if run is not None:
                     run.lost = True
                     run.cancelled.set()
-            self.buffer = collections.deque(r for r in self.buffer if r.job.id not in lost)
 
     def _waker(self) -> None:
         while not self.stop_threads.is_set():
+            if self.held:  # busy: main claims again when the lanes run low, no need to poll
+                self.stop_threads.wait(0.05)
+                continue
             try:
                 if self.backend.wait_for_change(1.0):
                     self.inbox.put(_WAKE)
