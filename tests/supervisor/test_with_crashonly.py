@@ -98,4 +98,6 @@ def test_the_example_shop_procfile(tmp_path: Path, db_url: str,
         for pid in tagged(env["CRASHONLY_TEST_TAG"]):
             os.kill(pid, signal.SIGKILL)
         reader.join(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert wait_until_gone(env["CRASHONLY_TEST_TAG"], 5) == []
