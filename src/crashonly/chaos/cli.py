@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class Config:
     http_rate: float = 40.0
     db_restart_cmd: str | None = None
     report: Path | None = None
+    json_path: Path | None = None
     log: Path | None = None
     stop_timeout: float = 10.0
     ready_timeout: float = 60.0
@@ -92,6 +93,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, duration: float, kill_every:
     p.add_argument("--signals", type=_signals, default=("TERM", "KILL"), metavar="TERM,KILL",
                    help="signals to choose from at random (default TERM,KILL)")
     p.add_argument("--report", metavar="PATH", help="write the HTML report there")
+    p.add_argument("--json", metavar="PATH", dest="json_path",
+                   help="write the verdict and every observation there, as JSON (for scripts)")
     p.add_argument("--stop-timeout", type=_seconds, default=10.0, metavar="SECONDS",
                    help="a process still running this long after SIGTERM ignored it: violation, "
                    "and SIGKILL (default 10)")
@@ -157,6 +160,7 @@ def _config(args: argparse.Namespace) -> Config:
         signals=args.signals, task=args.task, task_args=tuple(task_args),
         http=None if args.no_http or not args.http else args.http, http_rate=args.http_rate,
         db_restart_cmd=args.db_restart_cmd, report=Path(args.report) if args.report else None,
+        json_path=Path(args.json_path) if args.json_path else None,
         log=Path(args.log) if args.log else None, stop_timeout=args.stop_timeout,
         ready_timeout=args.ready_timeout, drain_timeout=args.drain_timeout,
         probe_queue=args.probe_queue, seed=args.seed,
@@ -432,6 +436,15 @@ def _finish(cfg: Config, recording: Recording, verdict: Verdict, totals: list[tu
         cfg.report.parent.mkdir(parents=True, exist_ok=True)
         cfg.report.write_text(page, encoding="utf-8")
         print(f"report: {cfg.report}")
+    if cfg.json_path is not None:
+        data = {"ok": verdict.ok, "checks": [asdict(c) for c in verdict.checks],
+                "totals": dict(totals), "timings": timing, "formation": formation,
+                "kills": [asdict(k) for k in recording.kills],
+                "processes": [asdict(p) for p in recording.processes.values()],
+                "db_restarts": [asdict(d) for d in recording.db_restarts],
+                "samples": [asdict(s) for s in recording.samples],
+                "requests": [asdict(r) for r in recording.requests]}
+        cfg.json_path.write_text(json.dumps(data, indent=1), encoding="utf-8")
     if not verdict.ok:
         print("\nthe last lines of crashonly up:")
         print("\n".join(f"  {line}" for line in supervised.last_lines(15)))
@@ -477,6 +490,7 @@ def _demo(argv: list[str], prog: str) -> int:
                      signals=args.signals, http="/" if has_web else None, report=report,
                      stop_timeout=args.stop_timeout, drain_timeout=args.drain_timeout,
                      seed=args.seed, extra_env=tuple(extra.items()),
+                     json_path=Path(args.json_path) if args.json_path else None,
                      title="crashonly demo: the example shop under chaos")
         return run(cfg)
     finally:

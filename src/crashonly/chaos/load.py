@@ -137,7 +137,9 @@ class HttpLoad:
         while not self.stopping.is_set():
             began = time.monotonic()
             self.recording.add_request(self._one())
-            self.stopping.wait(max(0.0, self.interval - (time.monotonic() - began)))
+            # Jittered, so clients that waited together in the backlog do not stay in step.
+            pause = self.interval * random.uniform(0.5, 1.5) - (time.monotonic() - began)
+            self.stopping.wait(max(0.0, pause))
 
     def _one(self) -> Request:
         start = self.recording.now()

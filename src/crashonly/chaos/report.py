@@ -8,6 +8,7 @@ Charts share one time axis: queue depth and throughput with every kill drawn as 
 from __future__ import annotations
 
 import html
+import math
 import time
 from typing import Any
 
@@ -36,10 +37,21 @@ def _esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _nice_ceiling(v: float) -> float:
+    """The smallest of 1, 2, 4 or 8 times 10^k at or above ``v`` (so quarter ticks are round)."""
+    if v <= 0:
+        return 1.0
+    scale = 10.0 ** math.floor(math.log10(v))
+    for m in (1, 2, 4, 8, 10):
+        if m * scale >= v * 0.999:
+            return m * scale
+    return 10 * scale
+
+
 class _Axes:
     def __init__(self, x_max: float, y_max: float) -> None:
         self.x_max = max(x_max, 1e-9)
-        self.y_max = y_max if y_max > 0 else 1.0
+        self.y_max = _nice_ceiling(y_max)
 
     def x(self, t: float) -> float:
         return LEFT + (W - LEFT - RIGHT) * t / self.x_max
@@ -69,7 +81,7 @@ class _Axes:
 
 
 def _num(v: float) -> str:
-    return f"{v:.0f}" if v >= 10 or v == int(v) else f"{v:.1f}"
+    return f"{v:.0f}" if v >= 10 or v == int(v) else f"{v:g}"
 
 
 def _nice_step(span: float) -> float:
@@ -114,7 +126,7 @@ def _polyline(points: list[tuple[float, float]], axes: _Axes, colour: str, label
 
 def _line_chart(recording: Recording, x_max: float, series: list[tuple[str, str, list[tuple[float, float]]]],
                 y_label: str) -> str:
-    y_max = max([v for _, _, pts in series for _, v in pts] + [1.0]) * 1.1
+    y_max = max([v for _, _, pts in series for _, v in pts] + [1.0]) * 1.05
     axes = _Axes(x_max, y_max)
     parts = axes.frame(y_label)
     if recording.load_end is not None:
@@ -135,7 +147,7 @@ def _latency_chart(recording: Recording, x_max: float, requests: list[Request],
                    http_type: str) -> str:
     ok = [(r.start, (r.end - r.start) * 1000) for r in requests if not r.failed]
     expected, unexpected = http_split(requests, recording.kills, http_type)
-    y_max = (percentile([ms for _, ms in ok], 0.999) or 10.0) * 1.2
+    y_max = (percentile([ms for _, ms in ok], 0.999) or 10.0) * 1.05
     axes = _Axes(x_max, y_max)
     parts = axes.frame("latency (ms)")
     parts += _markers(recording, axes)

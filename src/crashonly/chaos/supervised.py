@@ -61,7 +61,7 @@ class Supervised:
     # --- life ------------------------------------------------------------------------------
     def start(self) -> None:
         cmd = [sys.executable, "-m", "crashonly.cli", "up", "-f", str(self.procfile),
-               "--port", "0", "-t", f"{self.stop_timeout:g}", "--backoff-max", "1"]
+               "--port", "0", "-t", f"{self.stop_timeout:g}", "--backoff-max", "0.5"]
         if self.formation:
             cmd += ["--formation", self.formation]
         if self.env_file is not None:
