@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
@@ -275,16 +274,13 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 @pytest.mark.parametrize(("args", "message"), [
     (["no_such_module:app"], "cannot import 'no_such_module'"),
     (["tests.web.apps:nothing"], "has no attribute 'nothing'"),
-    (["tests.web.apps:Scope", "--port", "0"], None),  # a type is callable: accepted
     ([HELLO, "--fd", "0"], "not a"),
     ([HELLO, "--port", "99999"], "out of range"),
     ([HELLO, "--grace", "soon"], "not a number of seconds"),
     ([HELLO, "--host", "0.0.0.0", "--port", "0"], "CRASHONLY_SECRET_KEY is not set"),
 ])
 def test_user_mistakes_get_one_line_and_no_traceback(
-        subprocess_env: dict[str, str], args: list[str], message: str | None) -> None:
-    if message is None:
-        return
+        subprocess_env: dict[str, str], args: list[str], message: str) -> None:
     subprocess_env.pop("CRASHONLY_SECRET_KEY", None)
     done = run_cli(*args, env=subprocess_env)
     assert done.returncode != 0
@@ -312,4 +308,3 @@ def test_port_comes_from_the_environment(env: dict[str, str]) -> None:
         assert web.url == f"http://127.0.0.1:{port}"
     finally:
         web.stop()
-    assert os.environ.get("PORT") != "never"
