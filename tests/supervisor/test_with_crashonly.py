@@ -101,3 +101,21 @@ def test_the_example_shop_procfile(tmp_path: Path, db_url: str,
         if proc.stdout is not None:
             proc.stdout.close()
     assert wait_until_gone(env["CRASHONLY_TEST_TAG"], 5) == []
+
+
+def test_when_up_is_sigkilled_crashonly_web_still_drains(up: UpFactory,
+                                                         subprocess_env: dict[str, str]) -> None:
+    """The watchdog sends one SIGTERM; `die_with_parent` stays quiet under `up`, so the web
+    process gets no second signal (which would mean "stop now") and finishes its request."""
+    subprocess_env.update(CRASHONLY_SECRET_KEY="test-only")
+    proc = up(f"web: {PYTHON} -m crashonly.cli web tests.web.apps:hello --fd 3\n")
+    port = proc.port()
+    proc.wait_for(r"web\.1 \(pid \d+\) ready in .* \(READY=1\)", timeout=20)
+    answers: list[str] = []
+    request = threading.Thread(target=lambda: answers.append(get(port, "/sleep?s=1.5")))
+    request.start()
+    time.sleep(0.5)
+    os.kill(proc.popen.pid, signal.SIGKILL)
+    request.join(10)
+    assert answers, "the in-flight request was cut"
+    assert wait_until_gone(proc.tag, 10) == []

@@ -33,9 +33,6 @@ class Logs:
         self.width = max([len("up"), *(len(n) + 3 for n in names)])
         self._colour_of = {name: _COLOURS[i % len(_COLOURS)] for i, name in enumerate(names)}
 
-    def widen(self, label: str) -> None:
-        self.width = max(self.width, len(label))
-
     def _prefix(self, label: str, type_name: str | None, error: bool) -> str:
         stamp = time.strftime("%H:%M:%S")
         text = f"{stamp} {label.ljust(self.width)} | "
