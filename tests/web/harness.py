@@ -35,7 +35,7 @@ class Web:
         if sock is not None:
             args += ["--fd", str(sock.fileno())]
             pass_fds = (sock.fileno(),)
-        elif "--port" not in extra:
+        elif "--port" not in extra and "PORT" not in env:
             args += ["--port", "0"]
         self.lines: list[str] = []
         self.popen = subprocess.Popen(

@@ -302,8 +302,7 @@ def test_port_comes_from_the_environment(env: dict[str, str]) -> None:
     sock = listening_socket()
     port = sock.getsockname()[1]
     sock.close()
-    web = Web(HELLO, {**env, "PORT": str(port)}, "--host", "127.0.0.1", "--grace", "1",
-              "--access-log", "--port", str(port)).ready()
+    web = Web(HELLO, {**env, "PORT": str(port)}, "--grace", "1", "--access-log").ready()
     try:
         assert web.url == f"http://127.0.0.1:{port}"
     finally:
