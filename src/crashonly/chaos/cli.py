@@ -82,11 +82,14 @@ def _signals(text: str) -> tuple[str, ...]:
     return names
 
 
-def _add_run_options(p: argparse.ArgumentParser, *, duration: float, kill_every: float) -> None:
+def _add_run_options(p: argparse.ArgumentParser, *, duration: float, kill_every: float,
+                     rate: int) -> None:
+    p.set_defaults(job_rate=rate)
     p.add_argument("--duration", type=_seconds, default=duration, metavar="SECONDS",
                    help=f"how long to load and kill (default {duration:g})")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="jobs to enqueue, spread over the run (default 25 per second of --duration)")
+                   help=f"jobs to enqueue, spread over the run (default {rate} per second of "
+                   "--duration)")
     p.add_argument("--kill-every", type=_seconds, default=kill_every, metavar="SECONDS",
                    help=f"mean time between two kills (default {kill_every:g}; each wait is "
                    "random within ±50%%)")
@@ -122,7 +125,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("-d", "--root", metavar="DIR", help="working directory of the processes")
     p.add_argument("--url", help="the queue's database (default $DATABASE_URL, from the "
                    "environment or the .env file)")
-    _add_run_options(p, duration=60.0, kill_every=0.5)
+    _add_run_options(p, duration=60.0, kill_every=0.5, rate=25)
     p.add_argument("--task", metavar="NAME",
                    help="enqueue this task of your app instead of the built-in probe: checked "
                    "at-least-once, with duplicate runs counted")
@@ -156,8 +159,8 @@ def _config(args: argparse.Namespace) -> Config:
     return Config(
         procfile=Path(args.procfile), env_file=Path(args.env) if args.env else None,
         formation=args.formation, root=Path(args.root) if args.root else None, url=args.url,
-        duration=args.duration, jobs=args.jobs, kill_every=args.kill_every,
-        signals=args.signals, task=args.task, task_args=tuple(task_args),
+        duration=args.duration, jobs=args.jobs or round(args.job_rate * args.duration),
+        kill_every=args.kill_every, signals=args.signals, task=args.task, task_args=tuple(task_args),
         http=None if args.no_http or not args.http else args.http, http_rate=args.http_rate,
         db_restart_cmd=args.db_restart_cmd, report=Path(args.report) if args.report else None,
         json_path=Path(args.json_path) if args.json_path else None,
@@ -222,7 +225,7 @@ def run(cfg: Config) -> int:
 
         def make_args(rng: Any) -> list[Any]:
             return list(cfg.task_args)
-    total = cfg.jobs if cfg.jobs is not None else max(1, round(25 * cfg.duration))
+    total = max(1, cfg.jobs if cfg.jobs is not None else round(25 * cfg.duration))
     log = open(cfg.log, "w", encoding="utf-8") if cfg.log else None
     supervised = Supervised(procfile=cfg.procfile, formation=cfg.formation, env=env,
                             env_file=cfg.env_file, root=cfg.root, stop_timeout=cfg.stop_timeout,
@@ -459,10 +462,10 @@ def _demo(argv: list[str], prog: str) -> int:
         prog=prog,
         description="The chaos run on the bundled example shop, on SQLite in a temporary folder: "
         "its web and worker processes under `crashonly up`, probe jobs and HTTP requests, a "
-        "random SIGTERM or SIGKILL about twice a second, then the proof that nothing was lost. "
+        "random SIGTERM or SIGKILL every 0.75 s or so, then the proof that nothing was lost. "
         "Leaves nothing behind but the report.",
     )
-    _add_run_options(p, duration=30.0, kill_every=0.5)
+    _add_run_options(p, duration=25.0, kill_every=0.75, rate=20)
     p.add_argument("--no-report", action="store_true", help="write no HTML report")
     args = p.parse_args(argv)
     root = Path(__file__).resolve().parents[3]
@@ -486,7 +489,8 @@ def _demo(argv: list[str], prog: str) -> int:
                                               if p)
         extra["PYTHONDONTWRITEBYTECODE"] = "1"
         cfg = Config(procfile=procfile, formation=formation, root=root, url=extra["DATABASE_URL"],
-                     duration=args.duration, jobs=args.jobs, kill_every=args.kill_every,
+                     duration=args.duration, jobs=args.jobs or round(args.job_rate * args.duration),
+                     kill_every=args.kill_every,
                      signals=args.signals, http="/" if has_web else None, report=report,
                      stop_timeout=args.stop_timeout, drain_timeout=args.drain_timeout,
                      seed=args.seed, extra_env=tuple(extra.items()),
