@@ -15,7 +15,7 @@ from tests.postgres.conftest import create_effects, effects
 from tests.processes.harness import Proc
 
 pytestmark = pytest.mark.postgres
-JOBS = 2000
+JOBS = 1000
 KILL_EVERY = 0.3
 BUDGET = 90.0
 
