@@ -47,6 +47,15 @@ def procfile(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def verdict(out: str, invariant: str) -> str:
+    """``ok`` or ``FAILED``: the summary table's first column for that invariant."""
+    for line in out.splitlines():
+        words = line.split(None, 1)
+        if len(words) == 2 and words[0] in ("ok", "FAILED") and words[1].startswith(invariant):
+            return words[0]
+    raise AssertionError(f"no invariant {invariant!r} in:\n{out}")
+
+
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = ("web: crashonly web tests.chaos.apps:web --fd 3\n"
         "worker: crashonly worker tests.chaos.apps:app\n")
@@ -72,10 +81,12 @@ def test_a_correct_system_passes_with_a_report(tmp_path: Path, env: dict[str, st
 
 def test_a_worker_that_acks_before_running_loses_jobs(tmp_path: Path, env: dict[str, str]) -> None:
     path = procfile(tmp_path, f"worker: {PYTHON} -m tests.chaos.broken ack-first\n")
-    result = chaos(["-f", str(path), "-d", str(ROOT), "-m", "worker=2", *FAST], env, tmp_path)
+    result = chaos(["-f", str(path), "-d", str(ROOT), "-m", "worker=2", *FAST,
+                    "--db-restart-cmd", "echo no such database >&2; exit 3"], env, tmp_path)
     out = result.stdout
     assert result.returncode == 1, out
-    assert "FAILED  exactly once (ledger)" in out
+    assert verdict(out, "database restart command ran") == "FAILED" and "no such database" in out
+    assert verdict(out, "exactly once (ledger)") == "FAILED"
     assert "acked as done but their effect never committed (lost work" in out
     assert "FAIL: invariants violated" in out
 
@@ -87,9 +98,9 @@ def test_a_worker_that_ignores_sigterm_and_acks_late_duplicates(tmp_path: Path,
                     "1"], env, tmp_path)
     out = result.stdout
     assert result.returncode == 1, out
-    assert "FAILED  SIGTERM honoured" in out and "ignored SIGTERM" in out
+    assert verdict(out, "SIGTERM honoured") == "FAILED" and "ignored SIGTERM" in out
     assert "committed their effect more than once" in out
-    assert "FAILED  clean final stop" in out
+    assert verdict(out, "clean final stop") == "FAILED"
 
 
 def test_a_web_process_that_does_not_drain_fails_requests(tmp_path: Path,
@@ -100,9 +111,9 @@ def test_a_web_process_that_does_not_drain_fails_requests(tmp_path: Path,
                     "--signals", "TERM", "--jobs", "20"], env, tmp_path)
     out = result.stdout
     assert result.returncode == 1, out
-    assert "FAILED  HTTP requests answered" in out
+    assert verdict(out, "HTTP requests answered") == "FAILED"
     assert "0 cut by a SIGKILL (expected)" in out  # no SIGKILL was sent: nothing excuses them
-    assert "ok      exactly once (ledger)" in out  # the workers were fine
+    assert verdict(out, "exactly once (ledger)") == "ok"  # the workers were fine
 
 
 def test_a_user_task_is_checked_at_least_once(tmp_path: Path, env: dict[str, str]) -> None:
@@ -112,8 +123,9 @@ def test_a_user_task_is_checked_at_least_once(tmp_path: Path, env: dict[str, str
                     "--no-http"], env, tmp_path)
     out = result.stdout
     assert result.returncode == 0, out
-    assert "every tests.chaos.apps.chore job completed  100 of 100 done" in out
-    assert "duplicate runs (at-least-once: allowed)" in out
+    assert verdict(out, "every tests.chaos.apps.chore job completed") == "ok"
+    assert "100 of 100 done" in out
+    assert verdict(out, "duplicate runs (at-least-once: allowed)") == "ok"
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, env: dict[str, str]) -> None:
@@ -139,3 +151,31 @@ def test_demo_leaves_nothing_behind_but_its_report(tmp_path: Path,
     assert sorted(p.name for p in scratch.iterdir()) == ["crashonly-demo-report.html"]
     assert f"report: {scratch / 'crashonly-demo-report.html'}" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]
+
+
+def test_database_restart_on_postgres(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+    """The workers ride out a restart of their PostgreSQL server (a private one) under kills."""
+    import shlex
+
+    from tests.postgres.conftest import PG_BIN, PrivatePostgres
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"no initdb in {PG_BIN}")
+    server = PrivatePostgres()
+    try:
+        server.start()
+        options = f"-p {server.port} -k {server.dir} -c listen_addresses=127.0.0.1"
+        restart = shlex.join([*server._prefix, str(PG_BIN / "pg_ctl"), "-D", str(server.data),
+                              "-o", options, "-l", str(server.dir / "server.log"), "-w", "-t",
+                              "30", "restart", "-m", "fast"])
+        env = {**subprocess_env, "DATABASE_URL": server.url, "PYTHONDONTWRITEBYTECODE": "1"}
+        path = procfile(tmp_path, "worker: crashonly worker tests.chaos.apps:app\n")
+        result = chaos(["-f", str(path), "-d", str(ROOT), "-m", "worker=2", *FAST, "--duration",
+                        "6", "--db-restart-cmd", restart, "--json", str(tmp_path / "r.json")],
+                       env, tmp_path)
+    finally:
+        server.destroy()
+    out = result.stdout
+    assert verdict(out, "database restart command ran") == "ok"
+    assert "1 database restart(s)" in out
+    assert result.returncode == 0, out
