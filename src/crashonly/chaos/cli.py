@@ -46,6 +46,7 @@ class Config:
     signals: tuple[str, ...] = ("TERM", "KILL")
     task: str | None = None
     task_args: tuple[Any, ...] = ()
+    task_queue: str | None = None
     http: str | None = "/"
     http_rate: float = 40.0
     db_restart_cmd: str | None = None
@@ -131,6 +132,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    "at-least-once, with duplicate runs counted")
     p.add_argument("--args", default="[]", metavar="JSON",
                    help="positional arguments for --task, a JSON array (default [])")
+    p.add_argument("--queue", metavar="NAME", dest="task_queue",
+                   help="queue for the --task jobs (default: the task's own queue if "
+                   "$CRASHONLY_APP names your app, else default)")
     p.add_argument("--http", default="/", metavar="PATH",
                    help="path to request on the web type while killing (default /)")
     p.add_argument("--no-http", action="store_true", help="send no HTTP requests")
@@ -161,6 +165,7 @@ def _config(args: argparse.Namespace) -> Config:
         formation=args.formation, root=Path(args.root) if args.root else None, url=args.url,
         duration=args.duration, jobs=args.jobs or round(args.job_rate * args.duration),
         kill_every=args.kill_every, signals=args.signals, task=args.task, task_args=tuple(task_args),
+        task_queue=args.task_queue,
         http=None if args.no_http or not args.http else args.http, http_rate=args.http_rate,
         db_restart_cmd=args.db_restart_cmd, report=Path(args.report) if args.report else None,
         json_path=Path(args.json_path) if args.json_path else None,
@@ -221,7 +226,7 @@ def run(cfg: Config) -> int:
             return [run_id, round(rng.uniform(5, 50), 1)]
     else:
         task = cfg.task
-        queue = _task_queue(app, cfg.task)
+        queue = cfg.task_queue or _task_queue(app, cfg.task)
 
         def make_args(rng: Any) -> list[Any]:
             return list(cfg.task_args)
@@ -246,7 +251,8 @@ def run(cfg: Config) -> int:
         recording.t0 = time.monotonic()  # time zero: the formation is up
         http_type = _http_type(supervised.ports, formation)
         sampler = Sampler(app, recording, queue=queue)
-        jobs = JobLoad(app, recording, task=task, total=total, seconds=cfg.duration * 0.9,
+        jobs = JobLoad(app, recording, task=task, queue=queue, total=total,
+                       seconds=cfg.duration * 0.9,
                        make_args=make_args, seed=cfg.seed)
         killer = Killer(supervised, recording, every=cfg.kill_every, signals=list(cfg.signals),
                         stop_timeout=cfg.stop_timeout, seed=cfg.seed)

@@ -24,13 +24,15 @@ TICK = 0.2
 
 
 class JobLoad:
-    """Enqueue ``total`` jobs of ``task`` over ``seconds``; the ids are in :attr:`ids`."""
+    """Enqueue ``total`` jobs of ``task`` on ``queue`` over ``seconds``; the ids are in
+    :attr:`ids`."""
 
-    def __init__(self, app: Any, recording: Recording, *, task: str, total: int, seconds: float,
-                 make_args: Any, seed: int | None = None) -> None:
+    def __init__(self, app: Any, recording: Recording, *, task: str, queue: str, total: int,
+                 seconds: float, make_args: Any, seed: int | None = None) -> None:
         self.app = app
         self.recording = recording
         self.task = task
+        self.queue = queue
         self.total = total
         self.seconds = max(seconds, TICK)
         self.make_args = make_args  # (rng) -> list of positional args
@@ -63,7 +65,7 @@ class JobLoad:
         calls: list[tuple[str, list[Any], dict[str, Any]]] = [
             (self.task, self.make_args(self.rng), {}) for _ in range(n)]
         try:
-            handles = self.app.enqueue_many(calls)
+            handles = self.app.enqueue_many(calls, queue=self.queue)
         except CrashonlyError as exc:  # e.g. the database is restarting: try again next tick
             self.errors.append(f"{self.recording.now():.1f} s: enqueue: {exc}")
             time.sleep(0.2)
