@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import codec
-from .backends import Backend, WorkerInfo, open_backend
+from .backends import Backend, RecoveryReport, WorkerInfo, open_backend
 from .errors import ConfigError, JobFailed, JobNotFound, JobTimeout
 from .job import Job, JobState, NewJob
 
@@ -316,7 +316,7 @@ class App:
     def migrate(self) -> int:
         return self.backend.migrate()
 
-    def recover(self) -> Any:
+    def recover(self) -> RecoveryReport:
         return self.backend.recover(
             now=self.clock(), poison_after=self.poison_after, retention=self.retention
         )

@@ -123,10 +123,6 @@ def test_refused_connections_fail_fast_and_recover(private_pg: PrivatePostgres) 
         backend.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "worker/process.py Worker.run() calls migrate()/recover()/register_worker() before its "
-    "retry loop, so a worker started while the database refuses connections exits 1"
-))
 def test_worker_started_while_the_server_is_down_waits_for_it(
     private_pg: PrivatePostgres, pg_env: dict[str, str]
 ) -> None:

@@ -29,6 +29,7 @@ class Capabilities:
     unique_keys: bool = True
     death_detection: str = "lease"  # "lease", "pid" (one machine), "session" (connection-bound)
     multi_process: bool = True  # many processes may share it (False for :memory:)
+    remote: bool = False  # a server over the network: an outage is waited out, not fatal
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -142,7 +142,7 @@ class PostgresBackend:
         self.pool_max = int(_number(options, "pool_max", 10, url))
         self.pool_timeout = _number(options, "pool_timeout", 5.0, url)
         self.capabilities = Capabilities(
-            transactional=True, death_detection="session", multi_process=True
+            transactional=True, death_detection="session", multi_process=True, remote=True
         )
         quoted = '"' + self.schema + '"'
         self.q = {name: text.replace("{schema}", quoted) for name, text in _RAW.items()}
@@ -555,10 +555,11 @@ class PostgresBackend:
         me = this_process()
         conn = self._connect(f"worker {info.id}")
         try:
-            # The lock outlives idle periods and is cut by keepalives on a dead network.
+            # The lock outlives idle periods and is cut by keepalives on a dead network; a
+            # session still holding this worker's key (a twin registration) fails us, in time.
             conn.execute(
-                "SELECT set_config('idle_session_timeout', '0', false) "
-                "WHERE current_setting('server_version_num')::int >= 140000"
+                "SELECT set_config('idle_session_timeout', '0', false), "
+                "set_config('lock_timeout', '10s', false)"
             )
             conn.execute(self.q["take_worker_lock"], {"key": reg.key})
             conn.execute(self.q["register_worker"], {

@@ -32,8 +32,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..backends import WorkerInfo
-from ..errors import CrashonlyError
+from ..backends import RecoveryReport, WorkerInfo
+from ..errors import BackendUnavailable, CrashonlyError
 from ..execution import Outcome, Prepared, prepare, run_async, run_sync
 from ..job import Reservation, Settlement, SettlementKind
 from ..lifecycle import Shutdown, notify
@@ -123,13 +123,11 @@ class Worker:
             self.shutdown.install()
         self.shutdown.on_signal(lambda: self.inbox.put(_WAKE))
         try:
-            self.backend.migrate()
-            report = self.app.recover()
-            now = self.app.clock()
-            self.backend.register_worker(WorkerInfo(
-                id=self.id, host=socket.gethostname(), pid=os.getpid(), started_at=now,
-                heartbeat_at=now, queues=self.queues, concurrency=self.config.concurrency,
-            ))
+            report = self._connect()
+            if report is None:  # asked to stop before the backend could be reached
+                self.log("shutdown", reason="stopped before the backend was reachable")
+                self.log.flush()
+                return 0
             if any(t.is_async for t in self.app.tasks.values()):
                 self._start_loop()
             for lane in self.lanes:
@@ -145,6 +143,30 @@ class Worker:
             return self._shutdown()
         finally:
             self.shutdown.restore()
+
+    def _connect(self) -> RecoveryReport | None:
+        """Migrate, recover and register. A remote backend that is down is waited for (with
+        backoff, logged), so a worker started during a database outage does not crash-loop;
+        a local one's errors are configuration errors and end the process at once."""
+        backoff = 0.0
+        while True:
+            try:
+                self.backend.migrate()
+                report = self.app.recover()
+                now = self.app.clock()
+                self.backend.register_worker(WorkerInfo(
+                    id=self.id, host=socket.gethostname(), pid=os.getpid(), started_at=now,
+                    heartbeat_at=now, queues=self.queues, concurrency=self.config.concurrency,
+                ))
+                return report
+            except BackendUnavailable as exc:
+                if not self.backend.capabilities.remote:
+                    raise
+                backoff = min(5.0, max(0.2, backoff * 2))
+                self.log("error", error=str(exc), retry_in=f"{backoff:.1f}s")
+                self.log.flush()
+                if self.shutdown.requested.wait(backoff * random.uniform(0.8, 1.2)):
+                    return None
 
     def _loop(self) -> None:
         idle = False
