@@ -97,8 +97,14 @@ from pgqueuer import PgQueuer
 from pgqueuer.db import PsycopgDriver
 
 async def main():
-    conn = await psycopg.AsyncConnection.connect({DSN!r}, autocommit=True)
-    pgq = PgQueuer(PsycopgDriver(conn))
+    if os.environ.get("PGQ_DRIVER") == "psycopg":
+        conn = await psycopg.AsyncConnection.connect({DSN!r}, autocommit=True)
+        pgq = PgQueuer(PsycopgDriver(conn))
+    else:  # its documented default driver
+        import asyncpg
+        from pgqueuer.db import AsyncpgDriver
+
+        pgq = PgQueuer(AsyncpgDriver(await asyncpg.connect({DSN!r})))
     limit = int(os.environ.get("PGQ_LIMIT", "0"))
 
     @pgq.entrypoint("noop", concurrency_limit=limit)
@@ -239,12 +245,12 @@ class Procrastinate(System):
 class Pgqueuer(System):
     name = "pgqueuer"
 
-    def __init__(self, tmp: Path, limit: int = 0) -> None:
+    def __init__(self, tmp: Path, limit: int = 0, driver: str = "asyncpg") -> None:
         super().__init__(tmp)
         (tmp / "pq_pg.py").write_text(PGQUEUER_APP)
         self.env["PGQ_LIMIT"] = str(limit)
-        if limit:
-            self.name = f"pgqueuer (concurrency_limit={limit})"
+        self.env["PGQ_DRIVER"] = driver
+        self.name = f"pgqueuer ({driver}" + (f", concurrency_limit={limit})" if limit else ")")
         self.loop = asyncio.new_event_loop()
 
     def _run(self, fn: Callable[[Any], Any]) -> None:
@@ -434,9 +440,10 @@ def main() -> int:
     load_before = os.getloadavg()
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     try:
-        systems: list[System] = [Crashonly(tmp), Procrastinate(tmp), Pgqueuer(tmp)]
+        systems: list[System] = [Crashonly(tmp), Procrastinate(tmp), Pgqueuer(tmp),
+                                 Pgqueuer(tmp, driver="psycopg")]
         if args.only:
-            systems = [s for s in systems if s.name in args.only.split(",")]
+            systems = [s for s in systems if s.name.split(" ")[0] in args.only.split(",")]
         rows = []
         for system in systems:
             one, two, lat = [], [], []
@@ -446,7 +453,7 @@ def main() -> int:
                 lat += latency(system, args.samples)
                 log(f"{system.name} run {run + 1}: drain 1 proc {one[-1]:.0f}/s, "
                     f"2 procs {two[-1]:.0f}/s, latency p50 {pct(lat, 0.5) * 1000:.1f} ms")
-            kill = "≈31 s (issue 4)" if system.name == "pgqueuer" else (
+            kill = "≈31 s (issue 4)" if system.name.startswith("pgqueuer") else (
                 "never (issue 4)" if system.name == "procrastinate" else "")
             if isinstance(system, Crashonly):
                 times = [kill_rerun(system) for _ in range(args.runs)]
