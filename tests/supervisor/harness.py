@@ -81,7 +81,7 @@ class Up:
         except (ValueError, OSError):  # closed by teardown while a straggler held the pipe
             pass
 
-    def wait_for(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match[str]:
+    def wait_for(self, pattern: str, timeout: float = 20.0, start: int = 0) -> re.Match[str]:
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         seen = start
@@ -111,7 +111,7 @@ class Up:
     def signal(self, sig: int) -> None:
         self.popen.send_signal(sig)
 
-    def wait(self, timeout: float = 15) -> int:
+    def wait(self, timeout: float = 30) -> int:
         code = self.popen.wait(timeout)
         self._reader.join(2)
         return code
@@ -126,7 +126,10 @@ class Up:
                 os.killpg(self.popen.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            self.popen.wait(5)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
         for pid in tagged(self.tag):
             try:
                 os.killpg(pid, signal.SIGKILL)

@@ -81,22 +81,24 @@ def test_logs_are_prefixed_and_the_socket_is_handed_to_every_web_child(up: UpFac
 def test_sigterm_drains_and_exits_zero_leaving_nothing(up: UpFactory) -> None:
     proc = up(WEB, "--notify", "web", "--formation", "web=2")
     port = proc.port()
+    proc.wait_for(r"web\.1 .* ready")
     proc.wait_for(r"web\.2 .* ready")
     result: list[str] = []
     slow = threading.Thread(target=lambda: result.append(get(port, "/slow")))
     slow.start()
-    time.sleep(0.2)  # the request is in flight
+    proc.wait_for(r"\| slow request started$")  # accepted: in flight, not in the backlog
     proc.signal(signal.SIGTERM)
     slow.join(10)
     assert result and result[0].isdigit(), "the in-flight request was not finished"
     assert proc.wait() == 0
-    assert proc.count(r"\| drained$") == 2
+    assert proc.count(r"\| drained$") == 2, proc.text()
     assert tagged(proc.tag) == []
 
 
 def test_rolling_restart_under_load_fails_no_request(up: UpFactory) -> None:
     proc = up(WEB, "--notify", "web", "--formation", "web=2")
     port = proc.port()
+    proc.wait_for(r"web\.1 .* ready")
     proc.wait_for(r"web\.2 .* ready")
     before = {get(port) for _ in range(30)}
     load = Load(port)
@@ -148,7 +150,8 @@ def test_a_child_not_ready_in_time_is_replaced(up: UpFactory) -> None:
     first = int(proc.wait_for(r"started slow\.1 \(pid (\d+)\)")[1])
     proc.wait_for(r"slow\.1 status: warming up forever")
     proc.wait_for(rf"slow\.1 \(pid {first}\) not ready after 1 s: replacing it")
-    second = int(proc.wait_for(r"started slow\.1 \(pid (\d+)\)", start=3)[1])
+    second = int(proc.wait_for(r"started slow\.1 \(pid (?!{first}\))(\d+)\)".replace(
+        "{first}", str(first)))[1])
     assert second != first
 
 

@@ -30,6 +30,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/slow":
+            print("slow request started", flush=True)
             time.sleep(float(os.environ.get("SLOW", "0.5")))
         body = f"{os.getpid()}\n".encode()
         self.send_response(200)
