@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-import crashonly  # noqa: E402
-from crashonly.backends import WorkerInfo  # noqa: E402
-from crashonly.job import NewJob, Settlement, SettlementKind  # noqa: E402
+import crashonly
+from crashonly.backends import WorkerInfo
+from crashonly.job import NewJob, Settlement, SettlementKind
 
 PAYLOAD = '{"args":[],"kwargs":{}}'
 
@@ -113,7 +113,8 @@ CREATE TABLE jobs (id INTEGER PRIMARY KEY, queue TEXT NOT NULL, state TEXT NOT N
                    worker TEXT, lease_expires_at REAL);
 CREATE INDEX jobs_claim ON jobs (queue, priority, run_at, id) WHERE state = 'ready';
 """
-RAW_INSERT = "INSERT INTO jobs (queue, state, priority, run_at, payload) VALUES ('default', 'ready', 100, ?, ?)"
+RAW_INSERT = ("INSERT INTO jobs (queue, state, priority, run_at, payload) "
+              "VALUES ('default', 'ready', 100, ?, ?)")
 RAW_CLAIM = """UPDATE jobs SET state = 'reserved', worker = 'w', lease_expires_at = ?
 WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND queue = 'default' AND run_at <= ?
              ORDER BY priority, run_at, id LIMIT ?) RETURNING id"""
@@ -157,7 +158,8 @@ def median_of(runs: int, fn: Callable[[], float]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--single-jobs", type=int, default=2_000,
                         help="jobs for the one-commit-per-job measurements (they are slow at FULL)")
@@ -171,20 +173,24 @@ def main() -> None:
         for sync in args.sync.split(","):
             r: dict[str, float] = {}
 
-            def step(name: str, fn: Callable[[], float], _r: dict[str, float] = r) -> None:
+            def step(name: str, fn: Callable[[], float], _r: dict[str, float] = r,
+                     sync: str = sync) -> None:
                 print(f"[{sync}] {name} ...", file=sys.stderr, flush=True)
                 _r[name] = median_of(args.runs, fn)
                 print(f"[{sync}] {name}: {_r[name]:,.0f} jobs/s", file=sys.stderr, flush=True)
 
-            step("raw insert x1", lambda: raw(fresh(folder, "raw.db"), sync, n1, 1)[0])
-            step("raw claim+delete x1", lambda: raw(fresh(folder, "raw.db"), sync, n1, 1)[1])
-            step("raw insert x100", lambda: raw(fresh(folder, "raw.db"), sync, n, 100)[0])
-            step("raw claim+delete x100", lambda: raw(fresh(folder, "raw.db"), sync, n, 100)[1])
-            step("enqueue x1", lambda: enqueue_single(fresh(folder, "q.db"), sync, n1))
-            step("enqueue batch", lambda: enqueue_batch(fresh(folder, "q.db"), sync, n))
-            step("reserve+ack x1, 1 proc", lambda: reserve_ack(fresh(folder, "q.db"), sync, n1, 1, 1))
-            step("reserve+ack x100, 1 proc", lambda: reserve_ack(fresh(folder, "q.db"), sync, n, 100, 1))
-            step("reserve+ack x100, 2 procs", lambda: reserve_ack(fresh(folder, "q.db"), sync, n, 100, 2))
+            step("raw insert x1", lambda sync=sync: raw(fresh(folder, "raw.db"), sync, n1, 1)[0])
+            step("raw claim+delete x1", lambda sync=sync: raw(fresh(folder, "raw.db"), sync, n1, 1)[1])
+            step("raw insert x100", lambda sync=sync: raw(fresh(folder, "raw.db"), sync, n, 100)[0])
+            step("raw claim+delete x100", lambda sync=sync: raw(fresh(folder, "raw.db"), sync, n, 100)[1])
+            step("enqueue x1", lambda sync=sync: enqueue_single(fresh(folder, "q.db"), sync, n1))
+            step("enqueue batch", lambda sync=sync: enqueue_batch(fresh(folder, "q.db"), sync, n))
+            def consume(jobs: int, batch: int, procs: int, sync: str = sync) -> float:
+                return reserve_ack(fresh(folder, "q.db"), sync, jobs, batch, procs)
+
+            step("reserve+ack x1, 1 proc", lambda: consume(n1, 1, 1))
+            step("reserve+ack x100, 1 proc", lambda: consume(n, 100, 1))
+            step("reserve+ack x100, 2 procs", lambda: consume(n, 100, 2))
             results[sync] = r
     if args.json:
         print(json.dumps(results, indent=1))

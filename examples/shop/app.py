@@ -1,7 +1,7 @@
 """The example app: a small shop whose orders are priced by background jobs.
 
 ``price_order`` does real work — it computes an order's total from the lines it is given
-(quantity × unit price, volume discount, tax) — and writes the result transactionally: the
+(quantity times unit price, volume discount, tax) — and writes the result transactionally: the
 ``order_totals`` row and the job's ack commit together, so a killed worker never leaves a
 half-written or double-written total, however often the job runs.
 

@@ -95,7 +95,7 @@ class JobTimeout(CrashonlyError):
     """``handle.wait()`` gave up before the job finished; the job itself goes on."""
 
 
-class Retry(Exception):  # noqa: N818 - reads as an instruction: ``raise Retry(delay=5)``
+class Retry(Exception):
     """Raised by a task to ask for another attempt, after ``delay`` seconds if given."""
 
     def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
@@ -104,5 +104,5 @@ class Retry(Exception):  # noqa: N818 - reads as an instruction: ``raise Retry(d
         self.reason = reason
 
 
-class Cancelled(BaseException):  # noqa: N818 - mirrors asyncio.CancelledError
+class Cancelled(BaseException):
     """Raised by a sync task that saw ``current_job().cancelled``: the worker releases the job."""
