@@ -95,10 +95,13 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
     """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
     if os.environ.get("CRASHONLY_UP_PID"):
         return
+    parent = os.getppid()
     pr_set_pdeathsig = 1
     if not _prctl(pr_set_pdeathsig, sig):
         return
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    # The parent died before prctl took effect: we were re-parented. (Compare with the parent
+    # we had, not with 1: under systemd or tini the parent *is* pid 1 and alive.)
+    if os.getppid() != parent:
         os.kill(os.getpid(), sig)
 
 

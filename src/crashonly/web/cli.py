@@ -171,6 +171,9 @@ def main(argv: list[str], prog: str = "crashonly web", command: str = "web") -> 
     except ImportError as exc:
         raise ConfigError(f"crashonly web needs uvicorn ({exc}): pip install 'crashonly[web]'"
                           ) from None
+    from ..lifecycle import die_with_parent
+
+    die_with_parent()  # a SIGKILLed supervisor (honcho, a shell) does not leave us running
     listeners = _listeners(args)
     try:
         _secret(listeners, log)
@@ -189,6 +192,7 @@ def main(argv: list[str], prog: str = "crashonly web", command: str = "web") -> 
             access_log=args.access_log,
             root_path=args.root_path, proxy_headers=args.proxy_headers,
             forwarded_allow_ips=args.forwarded_allow_ips,
+            shared=args.fd is not None or bool(os.environ.get("LISTEN_FDS")),
         )
         log.info("serving %s (%s) on uvicorn %s", args.app, "WSGI" if wsgi else "ASGI",
                  _uvicorn_version())

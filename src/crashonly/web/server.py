@@ -73,6 +73,8 @@ class ServeOptions:
     root_path: str = ""
     proxy_headers: bool = False
     forwarded_allow_ips: str | None = None
+    # Inherited from a process manager (--fd, LISTEN_FDS): siblings keep accepting from it.
+    shared: bool = False
 
 
 # --- connections --------------------------------------------------------------------------
@@ -279,8 +281,10 @@ class CrashonlyServer(uvicorn.Server):
         deadline = started + self.options.grace
         self.drain.begin()
         notify("STOPPING=1")
-        # 1-2. take what is queued, then close our descriptors (never shutdown(): see listeners)
-        queued = self._take_accept_queue()
+        # 1-2. take what is queued, then close our descriptors (never shutdown(): see listeners).
+        # On a socket shared with siblings the queue is theirs to serve: a connection taken
+        # now would meet a process on its way out.
+        queued = [] if self.options.shared else self._take_accept_queue()
         for server in self.servers:
             server.close()
         for listener in self.listeners:
