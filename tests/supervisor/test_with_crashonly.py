@@ -44,10 +44,9 @@ def test_web_and_worker_under_up(up: UpFactory, db_url: str,
         load.stop()
     assert result.returncode == 0, result.stderr
     assert "restarted web.1 web.2 worker.1" in result.stdout
-    # up's guarantee: no connection refused while processes are replaced. (A draining
-    # `crashonly web` may still reset a connection it accepted but had not read: that is the web
-    # server's drain, measured in bench/RESULTS.md, not the hand-off.)
-    assert [f for f in load.failures if "Refused" in f] == []
+    # No request refused (up keeps the port bound) and none failed (a draining web process
+    # leaves the shared accept queue to its sibling and serves what it accepted).
+    assert load.failures == []
     assert load.ok > 20
     assert app.enqueue("workapp.noop").wait(timeout=10) is None  # the new worker takes jobs
 
