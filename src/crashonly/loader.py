@@ -6,23 +6,22 @@ import importlib
 import os
 import sys
 import traceback
+from typing import Any
 
 from .app import App
-from .errors import ConfigError
+from .errors import ConfigError, CrashonlyError
 
 __all__ = ["load_app"]
 
 
-def load_app(spec: str | None) -> App:
-    """Import ``module:attr`` (``attr`` defaults to ``app``) with the working directory on
-    ``sys.path``, as gunicorn and celery do."""
-    spec = spec or os.environ.get("CRASHONLY_APP")
-    if not spec:
-        raise ConfigError("no app given: pass MODULE:ATTR (or --app, or set CRASHONLY_APP)")
+def import_object(spec: str, what: str = "MODULE:ATTR, e.g. myproject.tasks:app") -> Any:
+    """Import ``module:attr`` (``attr`` defaults to ``app`` and may be dotted) with the working
+    directory on ``sys.path``, as gunicorn and celery do; every failure is a :class:`ConfigError`
+    naming the cause (with the traceback when the module itself raised)."""
     module_name, _, attr = spec.partition(":")
     attr = attr or "app"
     if not module_name:
-        raise ConfigError(f"malformed app {spec!r}: expected MODULE:ATTR, e.g. myproject.tasks:app")
+        raise ConfigError(f"malformed app {spec!r}: expected {what}")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -36,14 +35,28 @@ def load_app(spec: str | None) -> App:
         raise ConfigError(
             f"importing {module_name!r} failed:\n{traceback.format_exc().rstrip()}"
         ) from exc
+    except CrashonlyError:
+        raise
     except Exception as exc:
         raise ConfigError(
             f"importing {module_name!r} failed:\n{traceback.format_exc().rstrip()}"
         ) from exc
-    app = getattr(module, attr, None)
+    found: Any = module
+    for part in attr.split("."):
+        if not hasattr(found, part):
+            raise ConfigError(f"{module_name} has no attribute {attr!r}")
+        found = getattr(found, part)
+    return found
+
+
+def load_app(spec: str | None) -> App:
+    """The :class:`~crashonly.App` named by ``spec`` (or ``$CRASHONLY_APP``)."""
+    spec = spec or os.environ.get("CRASHONLY_APP")
+    if not spec:
+        raise ConfigError("no app given: pass MODULE:ATTR (or --app, or set CRASHONLY_APP)")
+    app = import_object(spec)
     if not isinstance(app, App):
-        found = type(app).__name__ if app is not None else "nothing"
-        raise ConfigError(f"{module_name}:{attr} is {found}, not a crashonly.App")
+        raise ConfigError(f"{spec} is {type(app).__name__}, not a crashonly.App")
     probe_queue = os.environ.get("CRASHONLY_CHAOS_PROBE")
     if probe_queue:
         # Set by `crashonly chaos` for the formation it runs: add its probe task to the user's

@@ -6,17 +6,15 @@ Imports stay inside :func:`main` so that ``crashonly --help`` does not pay for u
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import logging
 import os
 import secrets
 import socket
 import sys
-import traceback
 from typing import Any
 
-from ..errors import ConfigError, CrashonlyError
+from ..errors import ConfigError
 
 __all__ = ["SECRET_ENV", "load_web_app", "main"]
 
@@ -92,31 +90,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def load_web_app(spec: str) -> Any:
-    """Import ``module:attr`` with the working directory on ``sys.path``."""
-    module_name, _, attr = spec.partition(":")
-    attr = attr or "app"
-    if not module_name:
-        raise ConfigError(f"malformed app {spec!r}: expected MODULE:APP, e.g. myproject.web:app")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise ConfigError(f"cannot import {module_name!r}: no such module (run from the "
-                              "folder that holds it, or install it)") from None
-        raise ConfigError(f"importing {module_name!r} failed:\n{traceback.format_exc().rstrip()}"
-                          ) from exc
-    except CrashonlyError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"importing {module_name!r} failed:\n{traceback.format_exc().rstrip()}"
-                          ) from exc
-    app = module
-    for part in attr.split("."):
-        if not hasattr(app, part):
-            raise ConfigError(f"{module_name} has no attribute {attr!r}")
-        app = getattr(app, part)
+    from ..loader import import_object
+
+    app = import_object(spec, "MODULE:APP, e.g. myproject.web:app")
     if not callable(app):
         raise ConfigError(f"{spec} is a {type(app).__name__}, not an ASGI or WSGI app")
     return app
