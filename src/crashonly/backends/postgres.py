@@ -382,7 +382,7 @@ class PostgresBackend:
         # Drop wake-ups already pending: the claim below sees every commit they announce.
         self._drain_notifications()
         params = {
-            "now": now, "queues": list(queues), "limit": limit, "worker": worker_id,
+            "now": now, "queues": list(dict.fromkeys(queues)), "limit": limit, "worker": worker_id,
             "token": secrets.randbits(62), "commit": "on" if settle else "off",
         }
         refused: list[int] = []
