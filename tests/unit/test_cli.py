@@ -124,8 +124,10 @@ def test_missing_corrupt_locked_newer_and_read_only_databases(tmp_path: Path) ->
 
 
 def test_migrate_creates_and_reports(tmp_path: Path) -> None:
+    from crashonly.backends.sqlite import SCHEMA_VERSION
+
     out = run("migrate", url=f"sqlite:///{tmp_path}/new.db")
-    assert out.returncode == 0 and "version 1" in out.stdout
+    assert out.returncode == 0 and f"version {SCHEMA_VERSION}" in out.stdout
     assert (tmp_path / "new.db").exists()
 
 
@@ -133,3 +135,24 @@ def test_migrate_creates_and_reports(tmp_path: Path) -> None:
 def test_help(command: list[str]) -> None:
     out = run(*command, "--help")
     assert out.returncode == 0 and "usage:" in out.stdout
+
+
+def test_an_older_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    from crashonly.backends.sqlite import SCHEMA_VERSION, Q
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(Q["migration_1"])
+    conn.execute("INSERT INTO crashonly_meta VALUES ('schema_version', '1')")
+    conn.execute("INSERT INTO crashonly_jobs (task, queue, state, priority, payload, max_attempts,"
+                 " lease_seconds, run_at, created_at) VALUES ('t', 'default', 'ready', 100,"
+                 " '{\"args\":[],\"kwargs\":{}}', 5, 30, 0, 0)")
+    conn.commit()
+    conn.close()
+    app = crashonly.App(f"sqlite:///{path}")
+    assert app.stats()["default"]["ready"] == 1  # the job survived the upgrade
+    app.close()
+    with sqlite3.connect(path) as conn:
+        version = conn.execute("SELECT value FROM crashonly_meta").fetchone()[0]
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert int(version) == SCHEMA_VERSION and "crashonly_jobs_alone" in indexes

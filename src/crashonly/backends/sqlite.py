@@ -40,7 +40,7 @@ from .sql import load_queries
 
 __all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 Q = load_queries("sqlite.sql")
 _SYNC_MODES = {"FULL", "NORMAL", "EXTRA", "OFF"}
 _PURGE_EVERY = 60.0
@@ -331,34 +331,56 @@ class SQLiteBackend:
     ) -> tuple[list[Reservation], list[int]]:
         if limit <= 0:
             return [], self.settle(settle, now=now) if settle else []
+        token = secrets.randbits(62)
+        params: dict[str, Any] = {"worker": worker_id, "token": token, "now": now,
+                                  "queue": queues[0] if queues else "", "limit": limit}
         try:
             with self._write() as conn:
                 refused = self._settle(conn, settle, now) if settle else []
-                found = conn.execute(
-                    Q["claim_candidates"],
-                    {"now": now, "queues": json.dumps(list(queues)), "limit": limit},
-                ).fetchall()
-                if not found:
-                    return [], refused
-                if found[0][1]:  # suspected of killing its last holder: run it alone
-                    ids = [found[0][0]]
+                if len(queues) == 1 and not conn.execute(Q["suspects_waiting"]).fetchone():
+                    rows = conn.execute(Q["claim_next"], params).fetchall()
                 else:
-                    ids = []
-                    for job_id, alone in found:
-                        if alone:
-                            break
-                        ids.append(job_id)
-                token = secrets.randbits(62)
-                rows = conn.execute(
-                    Q["claim"],
-                    {"worker": worker_id, "token": token, "now": now, "ids": json.dumps(ids)},
-                ).fetchall()
+                    rows = self._claim_by_candidates(conn, queues, params)
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
-        rows.sort(key=lambda r: (r[4], r[10], r[0]))
+        rows.sort(key=lambda r: (r[3], r[9], r[0]))
+        lease_expires = now  # plus each job's lease, below
         return [
-            Reservation(job=_job(r), token=token, lease=r[9], payload=r[5]) for r in rows
+            Reservation(
+                job=Job(
+                    id=r[0], task=r[1], queue=r[2], state=JobState.RESERVED, priority=r[3],
+                    payload=r[4], attempts=r[5], max_attempts=r[6], deaths=r[7], run_at=r[9],
+                    created_at=r[10], unique_key=r[11], last_error=r[12],
+                    lease_expires_at=lease_expires + r[8], worker=worker_id, result=None,
+                ),
+                token=token, lease=r[8], payload=r[4],
+            )
+            for r in rows
         ], refused
+
+    @staticmethod
+    def _claim_by_candidates(
+        conn: sqlite3.Connection, queues: Sequence[str], params: dict[str, Any]
+    ) -> list[Any]:
+        """The general claim: the best candidates of each queue, merged by (priority, run_at,
+        id). A job suspected of killing its last holder is claimed alone, so a later death can
+        be blamed on it exactly; other jobs are claimed up to the first suspect."""
+        found = sorted(
+            row
+            for queue in dict.fromkeys(queues)
+            for row in conn.execute(Q["claim_candidates"], {**params, "queue": queue})
+        )[: params["limit"]]
+        if not found:
+            return []
+        if found[0][3]:
+            ids = [found[0][2]]
+        else:
+            ids = []
+            for _priority, _run_at, job_id, alone in found:
+                if alone:
+                    break
+                ids.append(job_id)
+        return conn.execute(Q["claim"], {**params, "ids": json.dumps(ids)}).fetchall()
 
     def settle(self, settlements: Sequence[Settlement], *, now: float) -> list[int]:
         if not settlements:
@@ -373,21 +395,31 @@ class SQLiteBackend:
     def _settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: float) -> list[int]:
         """Apply settlements; return the ids refused for a stale token.
 
-        One ``executemany`` per kind: each statement matches at most one row (by primary key
-        and token), so when the counts add up nothing was refused. Only when they do not is the
+        Acks (the common case) in one statement over a JSON array, the other kinds with one
+        ``executemany`` each: every row matches at most one job (by primary key and token), so
+        when the counts add up nothing was refused. Only when they do not is the
         batch redone row by row, under a savepoint, to name the refused ones."""
+        acks = [[s.job_id, s.token, s.result] for s in settlements if s.kind is SettlementKind.ACK]
         by_kind: dict[SettlementKind, list[dict[str, Any]]] = {}
         for s in settlements:
-            by_kind.setdefault(s.kind, []).append({
-                "id": s.job_id, "token": s.token, "now": now, "result": s.result,
-                "error": s.error, "delay": max(0.0, s.delay),
-            })
+            if s.kind is not SettlementKind.ACK:
+                by_kind.setdefault(s.kind, []).append({
+                    "id": s.job_id, "token": s.token, "now": now, "result": s.result,
+                    "error": s.error, "delay": max(0.0, s.delay),
+                })
         conn.execute("SAVEPOINT settle")
-        applied = sum(conn.executemany(_SETTLE[kind], rows).rowcount for kind, rows in by_kind.items())
+        applied = 0
+        if acks:
+            applied += conn.execute(Q["ack_many"], {"acks": json.dumps(acks), "now": now}).rowcount
+        applied += sum(conn.executemany(_SETTLE[kind], rows).rowcount for kind, rows in by_kind.items())
         if applied == len(settlements):
             conn.execute("RELEASE settle")
             return []
         conn.execute("ROLLBACK TO settle")
+        for s in settlements:
+            if s.kind is SettlementKind.ACK:
+                by_kind.setdefault(s.kind, []).append(
+                    {"id": s.job_id, "token": s.token, "now": now, "result": s.result})
         refused = [
             row["id"]
             for kind, rows in by_kind.items()

@@ -48,6 +48,15 @@ CREATE TABLE IF NOT EXISTS crashonly_workers (
     concurrency  INTEGER NOT NULL
 );
 
+-- name: migration_2
+-- Suspects (jobs whose holder died while they shared a claim) are few: a tiny partial index
+-- lets the common claim skip the two-step path that takes a suspect alone.
+CREATE INDEX IF NOT EXISTS crashonly_jobs_alone ON crashonly_jobs (id) WHERE alone = 1;
+-- Recovery looks for due scheduled jobs twice a second in every worker: without this it
+-- scanned the whole table, a day of done jobs included.
+CREATE INDEX IF NOT EXISTS crashonly_jobs_scheduled ON crashonly_jobs (run_at)
+    WHERE state = 'scheduled';
+
 -- name: schema_version
 SELECT value FROM crashonly_meta WHERE key = 'schema_version';
 
@@ -82,20 +91,47 @@ SELECT id FROM crashonly_jobs WHERE unique_key = :unique_key AND state <> 'done'
 SELECT last_insert_rowid();
 
 -- name: claim_candidates
-SELECT id, alone FROM crashonly_jobs
-WHERE state IN ('ready', 'scheduled') AND run_at <= :now
-  AND queue IN (SELECT value FROM json_each(:queues))
+-- One queue at a time (``queue = :queue``), so the claim index gives the order and the LIMIT
+-- stops the scan; ``queue IN (...)`` would sort every ready job of the queues first.
+SELECT priority, run_at, id, alone FROM crashonly_jobs
+WHERE state IN ('ready', 'scheduled') AND run_at <= :now AND queue = :queue
 ORDER BY priority, run_at, id
 LIMIT :limit;
+
+-- name: suspects_waiting
+SELECT 1 FROM crashonly_jobs WHERE alone = 1 AND state IN ('ready', 'scheduled') LIMIT 1;
+
+-- name: claim_next
+-- The common claim, in one statement (one queue, no suspect waiting). Columns returned: id, task, queue,
+-- priority, payload, attempts, max_attempts, deaths, lease_seconds, run_at, created_at,
+-- unique_key, last_error (the rest of a reserved job is known: see reserve()).
+UPDATE crashonly_jobs
+SET state = 'reserved', worker = :worker, token = :token, attempts = attempts + 1,
+    lease_expires_at = :now + lease_seconds
+WHERE id IN (SELECT id FROM crashonly_jobs
+             WHERE state IN ('ready', 'scheduled') AND run_at <= :now
+               AND queue = :queue
+             ORDER BY priority, run_at, id
+             LIMIT :limit)
+RETURNING id, task, queue, priority, payload, attempts, max_attempts, deaths, lease_seconds,
+          run_at, created_at, unique_key, last_error;
 
 -- name: claim
 UPDATE crashonly_jobs
 SET state = 'reserved', worker = :worker, token = :token, attempts = attempts + 1, alone = 0,
     lease_expires_at = :now + lease_seconds
 WHERE id IN (SELECT value FROM json_each(:ids))
-RETURNING id, task, queue, state, priority, payload, attempts, max_attempts, deaths,
-          lease_seconds, run_at, created_at, lease_expires_at, worker, token, unique_key,
-          last_error, result, finished_at;
+RETURNING id, task, queue, priority, payload, attempts, max_attempts, deaths, lease_seconds,
+          run_at, created_at, unique_key, last_error;
+
+-- name: ack_many
+-- :acks is a JSON array of [id, token, result] triples; one statement for a whole batch.
+UPDATE crashonly_jobs
+SET state = 'done', result = a.value ->> 2, finished_at = :now, lease_expires_at = NULL,
+    deaths = 0
+FROM json_each(:acks) AS a
+WHERE crashonly_jobs.id = a.value ->> 0 AND crashonly_jobs.token = a.value ->> 1
+  AND crashonly_jobs.state = 'reserved';
 
 -- name: ack
 UPDATE crashonly_jobs
