@@ -17,6 +17,7 @@ from .job import Job, JobState, NewJob
 __all__ = ["DEFAULT_URL", "App", "JobHandle", "Task", "TaskOptions"]
 
 DEFAULT_URL = "sqlite:///crashonly.db"
+POISON_ENV = "CRASHONLY_POISON_AFTER"
 P = ParamSpec("P")
 R = TypeVar("R")
 _OPTIONS = frozenset({"delay", "run_at", "priority", "queue", "unique_key", "connection"})
@@ -150,7 +151,9 @@ class App:
     """A crashonly application: its tasks and the backend its jobs live in.
 
     ``url`` names the backend; without it ``$DATABASE_URL``, else ``sqlite:///crashonly.db``
-    in the working directory. Nothing connects until the first operation.
+    in the working directory. ``poison_after``: bury a job whose worker died this many times in
+    a row while running it (default ``$CRASHONLY_POISON_AFTER``, else 3). Nothing connects until
+    the first operation.
     """
 
     def __init__(
@@ -158,11 +161,19 @@ class App:
         url: str | None = None,
         *,
         retention: float = 86400.0,
-        poison_after: int = 3,
+        poison_after: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url or os.environ.get("DATABASE_URL") or DEFAULT_URL
         self.retention = retention
+        if poison_after is None:
+            raw = os.environ.get(POISON_ENV, "3")
+            try:
+                poison_after = int(raw)
+            except ValueError:
+                raise ConfigError(f"{POISON_ENV}={raw!r}: expected a whole number") from None
+        if poison_after < 1:
+            raise ConfigError(f"poison_after must be at least 1, not {poison_after}")
         self.poison_after = poison_after
         self.clock = clock
         self.tasks: dict[str, Task[Any, Any]] = {}
