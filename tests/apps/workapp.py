@@ -65,3 +65,19 @@ def sleeper(seconds: float, marker: str = "") -> str:
 async def async_sleep(seconds: float) -> str:
     await asyncio.sleep(seconds)
     return "async done"
+
+
+_in_flight = 0
+
+
+@app.task
+async def crowd(seconds: float) -> int:
+    """Returns how many crowd jobs were running in this process at its busiest moment."""
+    global _in_flight
+    _in_flight += 1
+    try:
+        peak = _in_flight
+        await asyncio.sleep(seconds)
+        return max(peak, _in_flight)
+    finally:
+        _in_flight -= 1

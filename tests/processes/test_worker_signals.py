@@ -168,12 +168,13 @@ def test_a_job_that_kills_its_worker_three_times_is_buried(
     assert f"started   job={handle.id}" not in keeper.text()
 
 
-def test_timeouts_and_retries(db_url: str, subprocess_env: dict[str, str], procs: list[Proc],
-                              queue: crashonly.App) -> None:
-    handle = queue.enqueue("workapp.async_sleep", args=[0.01])
-    w = worker(db_url, subprocess_env, "--concurrency", "4")
+def test_async_jobs_respect_the_concurrency(db_url: str, subprocess_env: dict[str, str],
+                                            procs: list[Proc], queue: crashonly.App) -> None:
+    handles = queue.enqueue_many([("workapp.crowd", [0.3], {})] * 6)
+    w = worker(db_url, subprocess_env, "--concurrency", "2", "--prefetch", "4")  # claims 6
     procs.append(w)
-    assert handle.wait(10) == "async done"
+    peaks = [h.wait(15) for h in handles]
+    assert max(peaks) == 2, peaks  # two at once, never more
     w.signal(signal.SIGTERM)
     assert w.wait() == 0
 

@@ -104,6 +104,8 @@ class Worker:
         self.running: dict[int, Running] = {}  # started and not finished
         self.finished: list[tuple[int, Outcome]] = []  # reported by lanes, not yet handled
         self.unstarted: list[Reservation] = []  # taken by a lane after shutdown began
+        self.async_waiting: list[Reservation] = []  # async jobs claimed ahead, not started
+        self.async_running = 0
         self.lost: set[int] = set()
         self.pending: list[Settlement] = []
         self.pending_logs: dict[int, tuple[str, dict[str, Any]]] = {}  # logged once committed
@@ -243,6 +245,10 @@ class Worker:
         if task is None or not task.is_async or self.loop is None:
             self.work.put(r)  # a lane takes it
             return
+        if self.async_running >= self.config.concurrency:
+            self.async_waiting.append(r)  # started by _finished when a slot frees
+            return
+        self.async_running += 1
         run = self._begin(r)
         p = prepare(self.app, r, run.cancelled)
         if isinstance(p, Prepared):
@@ -285,6 +291,12 @@ class Worker:
                     or (settled is not None and settled.kind is not SettlementKind.ACK)):
                 self.inbox.put(_WAKE)
 
+    def _start_waiting_async(self) -> None:
+        while self.async_waiting and self.async_running < self.config.concurrency:
+            if self.shutdown.requested.is_set():
+                return
+            self._dispatch(self.async_waiting.pop(0))
+
     def _start_async(self, run: Running, p: Prepared) -> None:
         assert self.loop is not None
         job_id = run.reservation.job.id
@@ -316,6 +328,9 @@ class Worker:
         if run is None:
             return
         r = run.reservation
+        if self.loop is not None and self._is_async(r):
+            self.async_running -= 1
+            self._start_waiting_async()
         self.avg_duration = 0.8 * self.avg_duration + 0.2 * outcome.duration
         lost = run.lost or job_id in self.lost
         status = "lost" if lost else outcome.status
@@ -336,8 +351,15 @@ class Worker:
         if outcome.settlement.kind is SettlementKind.RELEASE:
             self._flush()  # give it back at once
 
+    def _is_async(self, r: Reservation) -> bool:
+        task = self.app.tasks.get(r.job.task)
+        return task is not None and task.is_async
+
     def _hand_back_unstarted(self, reason: str) -> None:
-        """Release every claimed job no lane has started (queued, or taken after the stop)."""
+        """Release every claimed job not started (queued for a lane or the event loop, or
+        taken by a lane after the stop)."""
+        self.unstarted.extend(self.async_waiting)
+        self.async_waiting = []
         while True:
             try:
                 r = self.work.get_nowait()
