@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -13,6 +12,7 @@ from . import codec
 from .backends import Backend, RecoveryReport, WorkerInfo, open_backend
 from .errors import ConfigError, JobFailed, JobNotFound, JobTimeout
 from .job import Job, JobState, NewJob
+from .liveness import hostname
 
 __all__ = ["DEFAULT_URL", "App", "JobHandle", "Task", "TaskOptions"]
 
@@ -343,10 +343,10 @@ class App:
 
         backend = self.backend
         if self._local_worker is None:
-            self._local_worker = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+            self._local_worker = f"{hostname()}:{os.getpid()}:{os.urandom(4).hex()}"
             now = self.clock()
             backend.register_worker(WorkerInfo(
-                id=self._local_worker, host=socket.gethostname(), pid=os.getpid(),
+                id=self._local_worker, host=hostname(), pid=os.getpid(),
                 started_at=now, heartbeat_at=now, queues=list(queues or []),
             ))
         self.recover()

@@ -11,7 +11,6 @@ import json
 import random
 import threading
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -117,6 +116,8 @@ def conclude(p: Prepared, started: float, exc: BaseException | None, result: Any
         error = f"Retry: {exc.reason}"
     else:
         delay = backoff_delay(task, r.job.attempts)
+        import traceback  # only failing jobs pay for it
+
         error = "".join(traceback.format_exception(exc)).rstrip()
     status = "buried" if r.job.attempts >= r.job.max_attempts else "retrying"
     return Outcome(status=status, error=error, duration=duration,

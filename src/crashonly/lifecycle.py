@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -83,6 +82,8 @@ def notify(state: str) -> bool:
     if address.startswith("@"):
         address = "\0" + address[1:]  # abstract namespace
     try:
+        import socket  # only processes run under a supervisor pay for it
+
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)
             sock.sendall(state.encode())

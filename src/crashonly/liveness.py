@@ -9,11 +9,10 @@ reboot reads as "dead". A zombie (killed, not yet reaped by its parent) is dead 
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from functools import cache
 
-__all__ = ["ProcessIdentity", "is_alive", "this_process"]
+__all__ = ["ProcessIdentity", "hostname", "is_alive", "this_process"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -22,6 +21,11 @@ class ProcessIdentity:
     boot_id: str
     pid: int
     start: str
+
+
+def hostname() -> str:
+    """``socket.gethostname()`` without importing socket (start-up time)."""
+    return os.uname().nodename
 
 
 @cache
@@ -51,13 +55,13 @@ def this_process() -> ProcessIdentity:
     pid = os.getpid()
     stat = _stat(pid) if os.path.isdir("/proc") else None
     return ProcessIdentity(
-        host=socket.gethostname(), boot_id=_boot_id(), pid=pid, start=stat[1] if stat else ""
+        host=hostname(), boot_id=_boot_id(), pid=pid, start=stat[1] if stat else ""
     )
 
 
 def is_alive(identity: ProcessIdentity) -> bool | None:
     """True or False for a process of this machine; None when it runs elsewhere (unknowable)."""
-    if identity.host != socket.gethostname():
+    if identity.host != hostname():
         return None
     if identity.boot_id and identity.boot_id != _boot_id():
         return False

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import traceback
 from typing import Any
 
 from .app import App
@@ -27,6 +26,8 @@ def import_object(spec: str, what: str = "MODULE:ATTR, e.g. myproject.tasks:app"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        import traceback  # error path only: loaded lazily (start-up time)
+
         if exc.name and module_name.startswith(exc.name):
             raise ConfigError(
                 f"cannot import {module_name!r}: no such module (run from the folder that holds "
@@ -38,6 +39,8 @@ def import_object(spec: str, what: str = "MODULE:ATTR, e.g. myproject.tasks:app"
     except CrashonlyError:
         raise
     except Exception as exc:
+        import traceback
+
         raise ConfigError(
             f"importing {module_name!r} failed:\n{traceback.format_exc().rstrip()}"
         ) from exc

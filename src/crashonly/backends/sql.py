@@ -6,13 +6,15 @@ named ``migration_N`` (N = the schema version they produce) and may hold several
 
 from __future__ import annotations
 
-from importlib import resources
+import os
 
 __all__ = ["load_queries"]
 
 
 def load_queries(filename: str) -> dict[str, str]:
-    text = resources.files(__package__).joinpath(filename).read_text(encoding="utf-8")
+    # A plain open beside this module: importlib.resources costs ~6 ms of worker start-up.
+    with open(os.path.join(os.path.dirname(__file__), filename), encoding="utf-8") as f:
+        text = f.read()
     queries: dict[str, str] = {}
     name: str | None = None
     lines: list[str] = []

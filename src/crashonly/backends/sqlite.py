@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sqlite3
 import threading
 import time
@@ -331,7 +330,7 @@ class SQLiteBackend:
     ) -> tuple[list[Reservation], list[int]]:
         if limit <= 0:
             return [], self.settle(settle, now=now) if settle else []
-        token = secrets.randbits(62)
+        token = int.from_bytes(os.urandom(8), "big") >> 2  # 62 random bits, no hashlib import
         params: dict[str, Any] = {"worker": worker_id, "token": token, "now": now,
                                   "queue": queues[0] if queues else "", "limit": limit}
         try:

@@ -43,13 +43,12 @@ def main(argv: Sequence[str], prog: str = "crashonly worker", command: str = "wo
     if args.grace < 0:
         print(f"{prog}: error: --grace must be 0 or more seconds", file=sys.stderr)
         return 2
-    from ..lifecycle import Shutdown, die_with_parent
+    from ..lifecycle import Shutdown
     from ..loader import load_app
     from .process import Worker, WorkerConfig
 
     # Handlers first: a SIGTERM that arrives while the app imports still means "stop politely".
     shutdown = Shutdown().install()
-    die_with_parent()  # a SIGKILLed supervisor (honcho, a shell) does not leave us running
     app = load_app(args.app)
     if args.url:
         app.url = args.url

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import queue
 import random
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,8 @@ from ..backends import RecoveryReport, WorkerInfo
 from ..errors import BackendUnavailable, CrashonlyError
 from ..execution import Outcome, Prepared, prepare, run_async, run_sync
 from ..job import Reservation, Settlement, SettlementKind
-from ..lifecycle import Shutdown, notify
+from ..lifecycle import Shutdown, die_with_parent, notify
+from ..liveness import hostname
 from .events import EventLog
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class Worker:
         self.app = app
         self.config = config
         self.backend = app.backend
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.id = f"{hostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.log = log or EventLog(config.log_format, worker=self.id)
         self.log.worker = self.id
         self.queues = list(config.queues) or sorted({t.queue for t in app.tasks.values()}) or ["default"]
@@ -141,6 +141,9 @@ class Worker:
                      pid=os.getpid(), startup_ms=_since_exec_ms(),
                      recovered=len(report.requeued) or None)
             self.log.flush()
+            # After READY, off the start-up path (ctypes costs ~4 ms): a SIGKILLed supervisor
+            # (honcho, a shell) does not leave this worker running.
+            die_with_parent()
             self._loop()
             return self._shutdown()
         finally:
@@ -157,7 +160,7 @@ class Worker:
                 report = self.app.recover()
                 now = self.app.clock()
                 self.backend.register_worker(WorkerInfo(
-                    id=self.id, host=socket.gethostname(), pid=os.getpid(), started_at=now,
+                    id=self.id, host=hostname(), pid=os.getpid(), started_at=now,
                     heartbeat_at=now, queues=self.queues, concurrency=self.config.concurrency,
                 ))
                 return report
