@@ -45,6 +45,8 @@ CONSUMER = textwrap.dedent("""
             continue
         empty = 0
         if slow:
+            if not accepted and not refused:
+                print("claimed", flush=True)  # the others start now: they will find these
             time.sleep(0.4)  # past the 0.25 s lease: these jobs go to someone else
         pending = [Settlement(job_id=r.job.id, token=r.token, kind=SettlementKind.ACK,
                               result=json.dumps(me)) for r in got]
@@ -57,17 +59,26 @@ CONSUMER = textwrap.dedent("""
 
 
 def test_four_processes_twenty_thousand_jobs(db_url: str) -> None:
-    app = crashonly.App(db_url)
+    check_stale_acks_refused(db_url)
+
+
+def check_stale_acks_refused(url: str) -> None:
+    """Shared with the PostgreSQL suite (tests/postgres/test_many_processes.py)."""
+    app = crashonly.App(url)
     now = app.clock()
     job = NewJob(task="t", queue="default", payload='{"args":[],"kwargs":{}}', run_at=now,
                  lease=0.25, max_attempts=1000)
     ids = app.backend.put([job] * JOBS, now=now)
     env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
-    procs = [
-        subprocess.Popen([sys.executable, "-c", CONSUMER, db_url, "slow" if i == 0 else "fast"],
-                         stdout=subprocess.PIPE, text=True, env=env)
-        for i in range(4)
-    ]
+
+    def start(kind: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-c", CONSUMER, url, kind],
+                                stdout=subprocess.PIPE, text=True, env=env)
+
+    # The slow one claims first, so the fast ones cannot drain everything before it holds any.
+    procs = [start("slow")]
+    assert procs[0].stdout is not None and procs[0].stdout.readline() == "claimed\n"
+    procs += [start("fast") for _ in range(3)]
     reports = []
     for p in procs:
         out, _ = p.communicate(timeout=300)
