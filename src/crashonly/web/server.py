@@ -292,6 +292,10 @@ class CrashonlyServer(uvicorn.Server):
         factory = self._protocol_factory()
         for conn in queued:
             await loop.connect_accepted_socket(factory, conn, ssl=self.config.ssl)
+        # asyncio hands each connection it accepted to a task that builds the transport; one
+        # accepted just before the close may not have reached uvicorn's bookkeeping yet. Let
+        # those tasks run, or the drain below would not see (and exit would reset) them.
+        await asyncio.sleep(0.05)
         state = self.server_state
         log.info("draining: %d connection(s), %d request(s) in flight, %d taken from the "
                  "accept queue", len(state.connections), len(state.tasks), len(queued))
