@@ -152,25 +152,31 @@ def _lost(conn: Any) -> None:
         timer.cancel()
 
 
-class DrainingH11Protocol(H11Protocol):
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+class _Draining:
+    """The four hooks, mixed in front of each uvicorn HTTP protocol class (h11, httptools)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
         _on_connect(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
         _lost(self)
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
         _after_data(self)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         _after_response(self)
 
     def shutdown(self) -> None:
         _drain_connection(self)
+
+
+class DrainingH11Protocol(_Draining, H11Protocol):  # type: ignore[misc]
+    pass
 
 
 def _protocol_class(http: str) -> type[asyncio.Protocol]:
@@ -181,25 +187,8 @@ def _protocol_class(http: str) -> type[asyncio.Protocol]:
             if http == "httptools":
                 raise
         else:
-            class DrainingHttpToolsProtocol(HttpToolsProtocol):
-                def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-                    super().connection_made(transport)
-                    _on_connect(self)
-
-                def connection_lost(self, exc: Exception | None) -> None:
-                    super().connection_lost(exc)
-                    _lost(self)
-
-                def data_received(self, data: bytes) -> None:
-                    super().data_received(data)
-                    _after_data(self)
-
-                def on_response_complete(self) -> None:
-                    super().on_response_complete()
-                    _after_response(self)
-
-                def shutdown(self) -> None:
-                    _drain_connection(self)
+            class DrainingHttpToolsProtocol(_Draining, HttpToolsProtocol):  # type: ignore[misc]
+                pass
 
             return DrainingHttpToolsProtocol
     return DrainingH11Protocol
