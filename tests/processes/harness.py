@@ -18,15 +18,18 @@ APPS = ROOT / "tests" / "apps"
 
 
 class Proc:
-    """A ``crashonly`` subprocess whose stdout lines are collected by a thread."""
+    """A ``crashonly`` subprocess (own session) whose output lines a thread collects.
+    tests/web/harness.Web is one too."""
 
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path = APPS) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path = APPS,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.args = args
         self.lines: list[str] = []
         self.started = time.monotonic()
         self.popen = subprocess.Popen(
             [PYTHON, "-m", "crashonly.cli", *args], cwd=cwd, env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            pass_fds=pass_fds, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -40,14 +43,17 @@ class Proc:
     def pid(self) -> int:
         return self.popen.pid
 
-    def wait_for(self, pattern: str, timeout: float = 10.0, start: int = 0) -> str:
+    def match(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match[str]:
+        """The first output line (from ``start``) matching ``pattern``, waiting up to
+        ``timeout``; fails the test with the output if none comes."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         seen = start
         while time.monotonic() < deadline:
             while seen < len(self.lines):
-                if rx.search(self.lines[seen]):
-                    return self.lines[seen]
+                found = rx.search(self.lines[seen])
+                if found:
+                    return found
                 seen += 1
             if self.popen.poll() is not None and seen >= len(self.lines):
                 self._reader.join(1)
@@ -55,6 +61,9 @@ class Proc:
                     break
             time.sleep(0.005)
         raise AssertionError(f"no line matching {pattern!r} in {timeout} s; got:\n" + self.text())
+
+    def wait_for(self, pattern: str, timeout: float = 10.0, start: int = 0) -> str:
+        return self.match(pattern, timeout, start).string
 
     def text(self) -> str:
         return "\n".join(self.lines[-60:])
