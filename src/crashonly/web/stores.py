@@ -114,15 +114,14 @@ def _driver(name: str, extra: str) -> Any:
                           ) from None
 
 
-class RedisStore:
-    prefix = "crashonly:session:"
+class _KeyValueStore:
+    """What the Redis and Memcached stores share: a client with ``get``, key prefixes, and
+    driver errors translated into :class:`SessionStoreError` naming the store."""
 
-    def __init__(self, url: str) -> None:
-        redis = _driver("redis", "redis")
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
-        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
-                                           health_check_interval=30)
-        self.where = _redact(url)
+    prefix: str
+    where: str
+    client: Any
+    _errors: tuple[type[BaseException], ...]
 
     def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -134,6 +133,21 @@ class RedisStore:
         value = self._call(lambda: self.client.get(self.prefix + sid))
         return bytes(value) if value is not None else None
 
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisStore(_KeyValueStore):
+    prefix = "crashonly:session:"
+
+    def __init__(self, url: str) -> None:
+        redis = _driver("redis", "redis")
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
+                                           health_check_interval=30)
+        self.where = _redact(url)
+
+
     def save(self, sid: str, data: bytes, ttl: float) -> None:
         ms = max(1, int(ttl * 1000))
         self._call(lambda: self.client.set(self.prefix + sid, data, px=ms))
@@ -141,11 +155,8 @@ class RedisStore:
     def delete(self, sid: str) -> None:
         self._call(lambda: self.client.delete(self.prefix + sid))
 
-    def close(self) -> None:
-        self.client.close()
 
-
-class MemcachedStore:
+class MemcachedStore(_KeyValueStore):
     prefix = "crashonly-session-"
     _RELATIVE_LIMIT = 30 * 86400  # memcached reads larger expiry values as a unix time
 
@@ -158,15 +169,6 @@ class MemcachedStore:
         errors = _driver("pymemcache.exceptions", "memcached")
         self._errors: tuple[type[BaseException], ...] = (errors.MemcacheError, OSError)
 
-    def _call(self, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except self._errors as exc:
-            raise SessionStoreError(f"session store {self.where}: {exc}") from exc
-
-    def load(self, sid: str) -> bytes | None:
-        value = self._call(lambda: self.client.get(self.prefix + sid))
-        return bytes(value) if value is not None else None
 
     def save(self, sid: str, data: bytes, ttl: float) -> None:
         expire = max(1, math.ceil(ttl))
@@ -180,9 +182,6 @@ class MemcachedStore:
 
     def delete(self, sid: str) -> None:
         self._call(lambda: self.client.delete(self.prefix + sid, noreply=False))
-
-    def close(self) -> None:
-        self.client.close()
 
 
 class SQLStore:
