@@ -61,7 +61,7 @@ class Up:
         (workdir / "Procfile").write_text(_procfile(server))
         self.workdir = workdir
         env = dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1",
-                   CRASHONLY_SECRET_KEY="bench-only")
+                   CRASHONLY_SECRET_KEY="bench-only-not-a-secret-session-key-0123456789")
         self.env = env
         self.lines: list[str] = []
         self.popen = subprocess.Popen(

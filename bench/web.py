@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def env(**extra: str) -> dict[str, str]:
-    e = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'src'}", CRASHONLY_SECRET_KEY="bench",
-             PYTHONUNBUFFERED="1")
+    e = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'src'}", PYTHONUNBUFFERED="1",
+             CRASHONLY_SECRET_KEY="bench-only-not-a-secret-session-key-0123456789")
     e.update(extra)
     return e
 

@@ -6,11 +6,12 @@ Run it (with a worker beside it)::
     crashonly worker examples.shop.app:app
 
 * ``POST /cart`` ``{"sku": "A", "quantity": 2, "unit_price": "9.50"}`` adds a line to the cart,
-  which lives in the session (Redis if ``$REDIS_URL`` is set, else the queue's own database), so
-  any web process can serve the next request.
+  which lives in the session (Redis if ``$REDIS_URL`` is set, else an SQLite file beside the
+  queue's, ``shop.sessions.db``), so any web process can serve the next request.
 * ``POST /orders`` enqueues ``price_order`` for the cart (or for ``{"lines": [...]}``) and
   answers 202 with the job's status URLs; the job id goes into the session.
-* ``GET /jobs/{id}`` (``/wait``, ``/events``) shows a job, only to the session that ordered it.
+* ``GET /jobs/{id}`` (``/wait``, ``/events``) shows a job, with its result (the order's total),
+  only to the session that ordered it.
 * ``GET /`` is a page that follows the orders live (``jobs.js`` from the package).
 """
 
@@ -31,6 +32,7 @@ from starlette.routing import Mount, Route
 
 from crashonly import Job
 from crashonly.web import SessionMiddleware, crashonly_assets, job_router
+from crashonly.web.stores import sessions_beside
 
 from .app import app as queue
 from .app import price_order
@@ -117,9 +119,11 @@ app = Starlette(
         Route("/", home),
         Route("/cart", add_to_cart, methods=["POST"]),
         Route("/orders", place_order, methods=["POST"]),
-        Mount("/jobs", app=job_router(queue, authorize=_own_job)),
+        # only the session that placed an order sees it, and its total (the job's result)
+        Mount("/jobs", app=job_router(queue, authorize=_own_job, expose_result=True)),
         Mount("/static/crashonly", app=crashonly_assets()),
     ],
-    # sessions in Redis when there is one, else in the queue's own database
-    middleware=[Middleware(SessionMiddleware, store=os.environ.get("REDIS_URL") or queue.url)],
+    # sessions in Redis when there is one, else in a file of their own beside the queue's
+    middleware=[Middleware(SessionMiddleware,
+                           store=os.environ.get("REDIS_URL") or sessions_beside(queue.url))],
 )

@@ -293,8 +293,10 @@ class App:
         )
 
     # --- inspecting and managing ------------------------------------------------------------
-    def get_job(self, job_id: int) -> Job:
-        job = self.backend.get(int(job_id))
+    def get_job(self, job_id: int, *, payload: bool = True) -> Job:
+        """The job; ``payload=False`` leaves its arguments unread (``payload`` is ``""``), for
+        status polls."""
+        job = self.backend.get(int(job_id), payload=payload)
         if job is None:
             raise JobNotFound(
                 f"no job {job_id} (never existed, deleted, or purged after its retention period)"

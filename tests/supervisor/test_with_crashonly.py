@@ -15,6 +15,7 @@ import crashonly
 from tests.conftest import PYTHON, ROOT
 from tests.supervisor.harness import Up, tagged, wait_until_gone
 from tests.supervisor.test_up import Load, get
+from tests.web.harness import KEY
 
 UpFactory = Callable[..., Up]
 
@@ -26,7 +27,7 @@ PROCFILE = (
 
 def test_web_and_worker_under_up(up: UpFactory, db_url: str,
                                  subprocess_env: dict[str, str]) -> None:
-    subprocess_env.update(DATABASE_URL=db_url, CRASHONLY_SECRET_KEY="test-only")
+    subprocess_env.update(DATABASE_URL=db_url, CRASHONLY_SECRET_KEY=KEY)
     proc = up(PROCFILE, "--formation", "web=2,worker=1", "--timeout", "10")
     port = proc.port()
     for label in ("web.1", "web.2", "worker.1"):
@@ -106,7 +107,7 @@ def test_when_up_is_sigkilled_crashonly_web_still_drains(up: UpFactory,
                                                          subprocess_env: dict[str, str]) -> None:
     """The watchdog sends one SIGTERM; `die_with_parent` stays quiet under `up`, so the web
     process gets no second signal (which would mean "stop now") and finishes its request."""
-    subprocess_env.update(CRASHONLY_SECRET_KEY="test-only")
+    subprocess_env.update(CRASHONLY_SECRET_KEY=KEY)
     proc = up(f"web: {PYTHON} -m crashonly.cli web tests.web.apps:hello --fd 3\n")
     port = proc.port()
     proc.wait_for(r"web\.1 \(pid \d+\) ready in .* \(READY=1\)", timeout=20)

@@ -11,6 +11,7 @@ from tests.conftest import ROOT
 from tests.processes.harness import Proc
 
 READY = re.compile(r"ready on (http://[^ ,]+)")
+KEY = "tests-only-not-a-secret-session-key-0123456789"  # long enough (32+), never secret
 
 
 def listening_socket() -> socket.socket:

@@ -23,4 +23,4 @@ def fail() -> None:
     raise ValueError("this job always fails\nsecond line")
 
 
-web = Starlette(routes=[Mount("/jobs", app=job_router(queue, max_wait=60))])
+web = Starlette(routes=[Mount("/jobs", app=job_router(queue, public=True, expose_result=True, max_wait=60))])

@@ -9,14 +9,14 @@ import httpx
 
 import crashonly
 from crashonly import client
-from tests.web.harness import Web
+from tests.web.harness import KEY, Web
 
 
 def test_shop_cart_order_and_live_status(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
     db_url = f"sqlite:///{tmp_path / 'shop.db'}"
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    env = {**subprocess_env, "DATABASE_URL": db_url, "CRASHONLY_SECRET_KEY": "k",
+    env = {**subprocess_env, "DATABASE_URL": db_url, "CRASHONLY_SECRET_KEY": KEY,
            "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("REDIS_URL", None)
     web = Web("examples.shop.web:app", env, cwd=cwd).ready()

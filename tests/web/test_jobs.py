@@ -14,14 +14,14 @@ import pytest
 
 import crashonly
 from crashonly import client
-from tests.web.harness import Web, listening_socket
+from tests.web.harness import KEY, Web, listening_socket
 
 APP = "tests.web.job_apps:web"
 
 
 @pytest.fixture
 def env(subprocess_env: dict[str, str], db_url: str) -> dict[str, str]:
-    return {**subprocess_env, "CRASHONLY_SECRET_KEY": "k", "DATABASE_URL": db_url}
+    return {**subprocess_env, "CRASHONLY_SECRET_KEY": KEY, "DATABASE_URL": db_url}
 
 
 @pytest.fixture

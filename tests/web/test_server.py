@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import PYTHON, ROOT
-from tests.web.harness import Web, listening_socket
+from tests.web.harness import KEY, Web, listening_socket
 from tests.web.load import hammer
 
 HELLO = "tests.web.apps:hello"
@@ -22,7 +22,7 @@ HELLO = "tests.web.apps:hello"
 
 @pytest.fixture
 def env(subprocess_env: dict[str, str]) -> dict[str, str]:
-    subprocess_env["CRASHONLY_SECRET_KEY"] = "test-secret"
+    subprocess_env["CRASHONLY_SECRET_KEY"] = KEY
     return subprocess_env
 
 

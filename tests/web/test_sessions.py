@@ -14,7 +14,7 @@ import pytest
 from crashonly.errors import ConfigError, SerializationError
 from crashonly.web.sessions import Session, SessionConfig, SessionManager, SessionTooLarge
 from crashonly.web.stores import SessionStoreError, SQLStore, open_store
-from tests.web.harness import Web
+from tests.web.harness import KEY, Web
 from tests.web.stores import any_store_url, store_url
 
 __all__ = ["any_store_url"]  # a fixture, used by name
@@ -240,7 +240,7 @@ def test_session_outlives_the_process_that_made_it(
         kind: str, tmp_path: Path, request: pytest.FixtureRequest,
         subprocess_env: dict[str, str]) -> None:
     url = store_url(kind, tmp_path, request)
-    env = {**subprocess_env, "CRASHONLY_SECRET_KEY": "shared", "SESSION_URL": url,
+    env = {**subprocess_env, "CRASHONLY_SECRET_KEY": KEY, "SESSION_URL": url,
            "SESSION_IDLE": "1.5"}
     a = Web("tests.web.session_apps:session_app", env)
     b = Web("tests.web.session_apps:session_app", env)
@@ -272,7 +272,7 @@ def test_session_outlives_the_process_that_made_it(
 
 
 def test_bad_session_input_over_http(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
-    env = {**subprocess_env, "CRASHONLY_SECRET_KEY": "k",
+    env = {**subprocess_env, "CRASHONLY_SECRET_KEY": KEY,
            "SESSION_URL": f"sqlite:///{tmp_path / 's.db'}"}
     web = Web("tests.web.session_apps:session_app", env).ready()
     try:
@@ -291,7 +291,7 @@ def test_bad_session_input_over_http(tmp_path: Path, subprocess_env: dict[str, s
 
 
 def test_store_down_gives_503_not_500(subprocess_env: dict[str, str]) -> None:
-    env = {**subprocess_env, "CRASHONLY_SECRET_KEY": "k", "SESSION_URL": "redis://127.0.0.1:1/0"}
+    env = {**subprocess_env, "CRASHONLY_SECRET_KEY": KEY, "SESSION_URL": "redis://127.0.0.1:1/0"}
     web = Web("tests.web.session_apps:session_app", env).ready()
     try:
         r = httpx.post(web.url + "/login", json={"user": "ana"})
@@ -304,7 +304,7 @@ def test_store_down_gives_503_not_500(subprocess_env: dict[str, str]) -> None:
 
 
 def test_wsgi_sessions_share_the_store(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
-    env = {**subprocess_env, "CRASHONLY_SECRET_KEY": "k",
+    env = {**subprocess_env, "CRASHONLY_SECRET_KEY": KEY,
            "SESSION_URL": f"sqlite:///{tmp_path / 's.db'}"}
     a = Web("tests.web.session_apps:wsgi_session_app", env)
     b = Web("tests.web.session_apps:wsgi_session_app", env)

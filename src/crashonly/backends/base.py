@@ -137,7 +137,9 @@ class Backend(Protocol):
     def workers(self) -> list[WorkerInfo]: ...
 
     # --- inspection and admin -----------------------------------------------------------------
-    def get(self, job_id: int) -> Job | None: ...
+    def get(self, job_id: int, *, payload: bool = True) -> Job | None:
+        """The job, or None. ``payload=False``: its ``payload`` is ``""`` (not read)."""
+        ...
 
     def list(
         self, *, state: JobState | None = None, queue: str | None = None, limit: int = 100

@@ -627,9 +627,9 @@ class PostgresBackend:
         ]
 
     # --- inspection and admin -----------------------------------------------------------------
-    def get(self, job_id: int) -> Job | None:
+    def get(self, job_id: int, *, payload: bool = True) -> Job | None:
         with self._conn() as conn:
-            row = conn.execute(self.q["get"], {"id": job_id}).fetchone()
+            row = conn.execute(self.q["get"], {"id": job_id, "payload": payload}).fetchone()
         return _job(row) if row else None
 
     def list(

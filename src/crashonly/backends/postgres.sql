@@ -268,7 +268,8 @@ WHERE state = 'scheduled' AND run_at <= %(now)s;
 DELETE FROM {schema}.jobs WHERE state = 'done' AND finished_at < %(before)s;
 
 -- name: get
-SELECT id, task, queue, state, priority, payload, attempts, max_attempts, deaths,
+-- payload false reads '' instead of the call's arguments (a status poll needs no megabytes).
+SELECT id, task, queue, state, priority, CASE WHEN %(payload)s THEN payload ELSE '' END, attempts, max_attempts, deaths,
        lease_seconds, run_at, created_at, lease_expires_at, worker, token, unique_key,
        last_error, result, finished_at
 FROM {schema}.jobs WHERE id = %(id)s;

@@ -580,8 +580,8 @@ class SQLiteBackend:
         ]
 
     # --- inspection and admin -----------------------------------------------------------------
-    def get(self, job_id: int) -> Job | None:
-        rows = self._read(Q["get"], {"id": job_id})
+    def get(self, job_id: int, *, payload: bool = True) -> Job | None:
+        rows = self._read(Q["get"], {"id": job_id, "payload": int(payload)})
         return _job(rows[0]) if rows else None
 
     def list(

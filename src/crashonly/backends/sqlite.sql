@@ -223,7 +223,8 @@ UPDATE crashonly_jobs SET state = 'ready' WHERE state = 'scheduled' AND run_at <
 DELETE FROM crashonly_jobs WHERE state = 'done' AND finished_at < :before;
 
 -- name: get
-SELECT id, task, queue, state, priority, payload, attempts, max_attempts, deaths,
+-- :payload 0 reads '' instead of the call's arguments (a status poll needs no megabytes).
+SELECT id, task, queue, state, priority, CASE WHEN :payload THEN payload ELSE '' END, attempts, max_attempts, deaths,
        lease_seconds, run_at, created_at, lease_expires_at, worker, token, unique_key,
        last_error, result, finished_at
 FROM crashonly_jobs WHERE id = :id;

@@ -9,12 +9,12 @@ import argparse
 import inspect
 import logging
 import os
-import secrets
 import socket
 import sys
 from typing import Any
 
 from ..errors import ConfigError
+from .limits import MAX_CONNECTIONS
 
 __all__ = ["SECRET_ENV", "load_web_app", "main"]
 
@@ -38,6 +38,16 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not 0 <= value < 86400:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 86400 seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text} is not between 1 and 1000000")
     return value
 
 
@@ -79,6 +89,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--idle-linger", type=_seconds, default=1.0, metavar="SECONDS",
                         help="after SIGTERM, how long an idle keep-alive connection may still "
                         "bring a request before it is closed (default 1)")
+    parser.add_argument("--max-connections", type=_count, default=MAX_CONNECTIONS, metavar="N",
+                        help=f"connections open at once; more are answered 503 (default "
+                        f"{MAX_CONNECTIONS}, at most 3/4 of the open-file limit)")
+    parser.add_argument("--body-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                        help="a request body must arrive within this long of its head, or "
+                        "the answer is 408 (default 30)")
     parser.add_argument("--root-path", default="", help="ASGI root_path (mounted under a prefix)")
     parser.add_argument("--proxy-headers", action="store_true",
                         help="trust X-Forwarded-* from --forwarded-allow-ips")
@@ -119,22 +135,21 @@ def _listeners(args: argparse.Namespace) -> list[socket.socket]:
 
 
 def _secret(listeners: list[socket.socket], log: logging.Logger) -> None:
-    """Sessions are signed with $CRASHONLY_SECRET_KEY. Reachable from other machines, refuse to
-    run without it; on loopback make one up (sessions then last as long as this process)."""
+    """Sessions are signed with $CRASHONLY_SECRET_KEY, the same in every web process. When only
+    this machine can connect (every socket a loopback TCP address), a missing key is kept in
+    the session store instead, made once for the whole formation; anywhere else (a public
+    address, or a unix socket, which a proxy may serve to the world) refuse to start without
+    one."""
     from .listeners import is_loopback
+    from .sessions import KEY_HINT, parse_keys, use_stored_key
 
-    if os.environ.get(SECRET_ENV):
+    if parse_keys(os.environ.get(SECRET_ENV, ""), f"${SECRET_ENV}"):
         return
     if not all(is_loopback(s) for s in listeners):
-        raise ConfigError(
-            f"{SECRET_ENV} is not set. It signs session cookies and must be the same in every "
-            "web process: generate one with `python -c 'import secrets; "
-            "print(secrets.token_urlsafe(32))'` and put it in the environment. (Only on a "
-            "loopback address does crashonly web make up a temporary one.)")
-    os.environ[SECRET_ENV] = secrets.token_urlsafe(32)
-    log.warning("%s is not set: using a temporary key, so sessions end with this process and "
-                "are not shared with other web processes (fine on loopback, set it anywhere "
-                "else)", SECRET_ENV)
+        raise ConfigError(f"{SECRET_ENV} is not set: it signs session cookies and must be the "
+                          f"same in every web process; {KEY_HINT}")
+    use_stored_key()
+    log.info("%s is not set: on loopback, sessions share a key kept in their store", SECRET_ENV)
 
 
 def main(argv: list[str], prog: str = "crashonly web", command: str = "web") -> int:
@@ -143,6 +158,7 @@ def main(argv: list[str], prog: str = "crashonly web", command: str = "web") -> 
                         format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("crashonly.web")
     try:
+        from .limits import Limits
         from .server import ServeOptions, serve
     except ImportError as exc:
         raise ConfigError(f"crashonly web needs uvicorn ({exc}): pip install 'crashonly[web]'"
@@ -169,6 +185,7 @@ def main(argv: list[str], prog: str = "crashonly web", command: str = "web") -> 
             root_path=args.root_path, proxy_headers=args.proxy_headers,
             forwarded_allow_ips=args.forwarded_allow_ips,
             shared=args.fd is not None or bool(os.environ.get("LISTEN_FDS")),
+            limits=Limits(max_connections=args.max_connections, body_timeout=args.body_timeout),
         )
         log.info("serving %s (%s) on uvicorn %s", args.app, "WSGI" if wsgi else "ASGI",
                  _uvicorn_version())

@@ -93,9 +93,10 @@ def describe(sock: socket.socket) -> str:
 
 
 def is_loopback(sock: socket.socket) -> bool:
-    """True when only this machine can connect (loopback address or a unix socket)."""
-    if sock.family == socket.AF_UNIX:
-        return True
+    """True when only this machine can connect: a TCP socket on a loopback address. A unix
+    socket is not: a reverse proxy (nginx) commonly serves one to the whole network."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
     try:
         return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
     except ValueError:

@@ -37,7 +37,7 @@ import os
 import select
 import socket
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -45,6 +45,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..lifecycle import Shutdown, notify
 from .drain import ASGIApp, Drain, FrontDoor
+from .limits import Limits, guard, guard_loop, limit_connections
 from .listeners import describe
 
 __all__ = ["IDLE_LINGER", "CrashonlyServer", "ServeOptions", "serve"]
@@ -75,6 +76,7 @@ class ServeOptions:
     forwarded_allow_ips: str | None = None
     # Inherited from a process manager (--fd, LISTEN_FDS): siblings keep accepting from it.
     shared: bool = False
+    limits: Limits = field(default_factory=Limits)  # connections, bodies: see limits.py
 
 
 # --- connections --------------------------------------------------------------------------
@@ -222,6 +224,7 @@ class CrashonlyServer(uvicorn.Server):
                 loop.call_soon_threadsafe(self._wake.set)
 
         self.stop.on_signal(wake)
+        guard_loop(loop)
         await super().startup(sockets=sockets)
         if self.started:
             notify("READY=1")
@@ -321,9 +324,13 @@ def serve(app: ASGIApp, listeners: list[socket.socket], options: ServeOptions,
           *, http: str = "auto", stop: Shutdown | None = None) -> int:
     """Serve ``app`` (ASGI 3) on ``listeners`` until a signal; return the exit code."""
     drain = Drain()
-    front = FrontDoor(app, drain, livez=options.livez, readyz=options.readyz)
+    front = guard(FrontDoor(app, drain, livez=options.livez, readyz=options.readyz),
+                  options.limits)
     config = uvicorn.Config(
-        front, http=_protocol_class(http), lifespan="auto", log_config=None,
+        front, lifespan="auto",
+        # any factory does: uvicorn calls it with the protocol class's keyword arguments
+        http=limit_connections(_protocol_class(http),  # type: ignore[arg-type]
+                               options.limits.connection_cap()), log_config=None,
         access_log=options.access_log, timeout_keep_alive=options.keep_alive,
         root_path=options.root_path, proxy_headers=options.proxy_headers,
         forwarded_allow_ips=options.forwarded_allow_ips, timeout_graceful_shutdown=None,

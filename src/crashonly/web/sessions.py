@@ -21,7 +21,15 @@ the request came over HTTPS.
   ``503`` with ``Retry-After``, never a 500.
 
 The secret comes from ``secret_key=`` or ``$CRASHONLY_SECRET_KEY``; several keys separated by
-commas sign with the first and accept all (rotate keys without logging everyone out).
+commas sign with the first and accept all (rotate keys without logging everyone out). Each key
+has at least :data:`MIN_KEY_LENGTH` characters. With neither, a server that only loopback
+clients can reach (``crashonly web`` decides, see :func:`use_stored_key`) keeps one random key
+in the session store itself, created once and atomically, so every web process of the
+formation, and every restart, signs with the same key.
+
+Session I/O runs on :data:`SESSION_THREADS` threads of its own and waits at most
+:data:`SESSION_WAIT` seconds, so a slow or hung store answers 503 to the requests that need a
+session and holds up no other request. A cookie sent many times costs one store lookup.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -37,28 +46,71 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import ConfigError, CrashonlyError, SerializationError
+from .limits import LogThrottle
 from .stores import SessionStore, SessionStoreError, default_store_url, open_store
 
 __all__ = [
+    "KEY_HINT",
+    "MIN_KEY_LENGTH",
     "SECRET_ENV",
+    "SESSION_THREADS",
+    "SESSION_WAIT",
     "Session",
     "SessionConfig",
     "SessionManager",
     "SessionMiddleware",
     "SessionTooLarge",
+    "parse_keys",
+    "use_stored_key",
 ]
 
 SECRET_ENV = "CRASHONLY_SECRET_KEY"
+MIN_KEY_LENGTH = 32
+KEY_HINT = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+SESSION_THREADS = 8
+SESSION_WAIT = 2.0
+_MAX_LOOKUPS = 2  # distinct, correctly signed cookie values looked up per request
+_KEY_REFRESH = 5.0  # a stored key is re-read at most this often (a cookie it does not verify)
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
+
+log = logging.getLogger("crashonly.web.sessions")
+_store_errors = LogThrottle(log, every=10.0)
+_stored_key = threading.Event()
+
+
+def use_stored_key(enabled: bool = True) -> None:
+    """Let sessions without a configured key keep theirs in the session store. ``crashonly
+    web`` calls this when every listening socket is a loopback TCP address: no one else can
+    reach the server, so no one else can read or forge what the key protects."""
+    if enabled:
+        _stored_key.set()
+    else:
+        _stored_key.clear()
+
+
+def parse_keys(secret: str, where: str) -> list[str]:
+    """The comma-separated keys of ``secret``; a :class:`ConfigError` naming ``where`` (never
+    the key) if one is shorter than :data:`MIN_KEY_LENGTH`."""
+    keys = [k.strip() for k in secret.split(",") if k.strip()]
+    for key in keys:
+        if len(key) < MIN_KEY_LENGTH:
+            raise ConfigError(f"{where} holds a key of {len(key)} characters; a key needs at "
+                              f"least {MIN_KEY_LENGTH}: {KEY_HINT}")
+    return keys
+
+
+def _derive(key: str) -> bytes:
+    return hashlib.sha256(b"crashonly.session\0" + key.encode()).digest()
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+T = TypeVar("T")
 
 
 class SessionTooLarge(CrashonlyError):
@@ -132,13 +184,16 @@ class SessionManager:
     def __init__(self, *, store: SessionStore | str | None = None,
                  secret_key: str | None = None, config: SessionConfig | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        secret = secret_key or os.environ.get(SECRET_ENV, "")
-        keys = [k.strip() for k in secret.split(",") if k.strip()]
-        if not keys:
-            raise ConfigError(
-                f"sessions need a secret key: set {SECRET_ENV} (the same in every web "
-                "process), or pass secret_key=")
-        self._keys = [hashlib.sha256(b"crashonly.session\0" + k.encode()).digest() for k in keys]
+        given = secret_key if secret_key else os.environ.get(SECRET_ENV, "")
+        where = "secret_key=" if secret_key else f"${SECRET_ENV}"
+        keys = parse_keys(given, where)
+        self._keys: list[bytes] | None = [_derive(k) for k in keys] or None
+        self.stored_key = not keys
+        if self.stored_key and not _stored_key.is_set():
+            raise ConfigError(f"sessions need a secret key: set {SECRET_ENV} (the same in every "
+                              f"web process) or pass secret_key=; {KEY_HINT}")
+        self._key_lock = threading.Lock()
+        self._key_read = 0.0
         self.config = config or SessionConfig()
         if self.config.idle_timeout <= 0 or self.config.max_age <= 0:
             raise ConfigError("idle_timeout and max_age must be positive numbers of seconds")
@@ -158,19 +213,49 @@ class SessionManager:
         return self._store
 
     # --- the cookie ---------------------------------------------------------------------
+    def _signing_keys(self) -> list[bytes]:
+        keys = self._keys
+        if keys is None:  # kept in the store: read (or created) on first use
+            with self._key_lock:
+                if self._keys is None:
+                    self._keys = [_derive(self.store.secret())]
+                    self._key_read = time.monotonic()
+                keys = self._keys
+        return keys
+
+    def _reread_key(self) -> bool:
+        """A stored key may have been replaced (memcached evicted it, someone deleted it): read
+        it again, at most every few seconds, and accept both. True if it changed."""
+        if not self.stored_key or time.monotonic() - self._key_read < _KEY_REFRESH:
+            return False
+        with self._key_lock:
+            self._key_read = time.monotonic()
+            fresh = _derive(self.store.secret())
+            keys = self._keys or []
+            if fresh in keys:
+                return False
+            self._keys = [fresh, *keys][:4]
+            return True
+
     def sign(self, sid: str) -> str:
-        return f"{sid}.{_b64(hmac.new(self._keys[0], sid.encode(), hashlib.sha256).digest())}"
+        key = self._signing_keys()[0]
+        return f"{sid}.{_b64(hmac.new(key, sid.encode(), hashlib.sha256).digest())}"
 
     def unsign(self, value: str) -> str | None:
         """The id in a cookie value, or None if it is malformed or its signature is wrong."""
         sid, dot, signature = value.partition(".")
         if not dot or not _TOKEN.match(sid) or not _TOKEN.match(signature):
             return None
-        for key in self._keys:
+        if self._verify(sid, signature) or (self._reread_key() and self._verify(sid, signature)):
+            return sid
+        return None
+
+    def _verify(self, sid: str, signature: str) -> bool:
+        for key in self._signing_keys():
             expected = _b64(hmac.new(key, sid.encode(), hashlib.sha256).digest())
             if hmac.compare_digest(expected, signature):
-                return sid
-        return None
+                return True
+        return False
 
     def _cookie_values(self, header: str | None) -> list[str]:
         if not header:
@@ -200,10 +285,14 @@ class SessionManager:
         """The session named by the request's cookie, or a new, empty one."""
         values = self._cookie_values(cookie_header)
         now = self.clock()
-        for value in values:
+        looked: set[str] = set()
+        for value in dict.fromkeys(values):  # the same cookie sent 700 times: one lookup
             sid = self.unsign(value)
-            if sid is None:
+            if sid is None or sid in looked:
                 continue
+            if len(looked) == _MAX_LOOKUPS:
+                break
+            looked.add(sid)
             raw = self.store.load(sid)
             record = self._decode(raw) if raw is not None else None
             if record is None:
@@ -248,12 +337,20 @@ class SessionManager:
             raise SessionTooLarge(f"session data is {len(record)} bytes encoded, more than the "
                                   f"{config.max_size} allowed")
         ttl = min(config.idle_timeout, session._created + config.max_age - now)
-        sid = old = session._sid
-        if sid is None or session._rotate:
+        old = session._sid
+        if old is None or session._rotate:
             sid = secrets.token_urlsafe(32)
-        self.store.save(sid, record, ttl)
-        if old is not None and old != sid:  # after the save: a failed save keeps the session
-            self.store.delete(old)
+            if not self.store.save(sid, record, ttl, new=True):
+                raise SessionStoreError("the session store refused a new session id")
+            if old is not None:  # after the save: a failed save keeps the session
+                self.store.delete(old)
+        else:
+            sid = old
+            if not self.store.save(sid, record, ttl, new=False):
+                # Ended meanwhile by another request (logout, rotation) or expired: saving
+                # must not bring it back. This request's changes go with it.
+                session._original = encoded
+                return None
         session._sid = sid
         session._rotate = False
         session._touched = now
@@ -287,18 +384,18 @@ class SessionMiddleware:
         self.manager = SessionManager(store=store, secret_key=secret_key, config=SessionConfig(
             cookie_name=cookie_name, idle_timeout=idle_timeout, max_age=max_age,
             max_size=max_size, path=path, domain=domain, secure=secure, same_site=same_site))
+        self._io = _SessionIO()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        from anyio.to_thread import run_sync
-
-        manager = self.manager
+        manager, run = self.manager, self._io.run
         cookie = b"; ".join(v for k, v in scope["headers"] if k == b"cookie").decode("latin-1")
         try:
-            session = await run_sync(manager.open, cookie) if cookie else Session()
-        except SessionStoreError:
+            session = await run(lambda: manager.open(cookie)) if cookie else Session()
+        except SessionStoreError as exc:
+            store_failed(exc)
             await _plain(send, 503, b"session store unavailable, retry\n",
                          [(b"retry-after", b"1")])
             return
@@ -312,12 +409,13 @@ class SessionMiddleware:
                 return
             if message["type"] == "http.response.start" and manager.needs_commit(session):
                 try:
-                    cookie = await run_sync(lambda: manager.commit(session, https=https))
+                    cookie = await run(lambda: manager.commit(session, https=https))
                 except SessionTooLarge:
                     replaced = True
                     await _plain(send, 413, b"session data too large\n", [])
                     return
-                except SessionStoreError:
+                except SessionStoreError as exc:
+                    store_failed(exc)
                     replaced = True
                     await _plain(send, 503, b"session store unavailable, retry\n",
                                  [(b"retry-after", b"1")])
@@ -329,3 +427,30 @@ class SessionMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_)
+
+
+def store_failed(exc: SessionStoreError) -> None:
+    """Log a store failure, at most one line every 10 s (with how many were not logged)."""
+    _store_errors.warning("session store unavailable, answering 503: %s", exc)
+
+
+class _SessionIO:
+    """Session I/O on :data:`SESSION_THREADS` threads of its own, not on the thread pool the
+    app's own blocking calls share: a hung store then stalls only requests with a session,
+    and those get 503 after :data:`SESSION_WAIT` seconds rather than queueing forever."""
+
+    def __init__(self) -> None:
+        self._limiter: Any = None
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        from anyio import CapacityLimiter, fail_after
+        from anyio.to_thread import run_sync
+
+        if self._limiter is None:  # made in the event loop, which anyio needs
+            self._limiter = CapacityLimiter(SESSION_THREADS)
+        try:
+            with fail_after(SESSION_WAIT):
+                return await run_sync(fn, limiter=self._limiter)
+        except TimeoutError:
+            raise SessionStoreError(f"session store: no answer within {SESSION_WAIT:g} s"
+                                    ) from None

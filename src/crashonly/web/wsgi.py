@@ -8,24 +8,29 @@ view finds the :class:`~crashonly.web.sessions.Session` in ``environ["crashonly.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from .sessions import (
     IDLE_TIMEOUT,
     MAX_AGE,
     MAX_SIZE,
+    SESSION_THREADS,
+    SESSION_WAIT,
     Session,
     SessionConfig,
     SessionManager,
     SessionTooLarge,
+    store_failed,
 )
 from .stores import SessionStore, SessionStoreError
 
 __all__ = ["ENVIRON_KEY", "SessionMiddleware", "session_of"]
 
 ENVIRON_KEY = "crashonly.session"
+T = TypeVar("T")
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -57,13 +62,25 @@ class SessionMiddleware:
         self.manager = SessionManager(store=store, secret_key=secret_key, config=SessionConfig(
             cookie_name=cookie_name, idle_timeout=idle_timeout, max_age=max_age,
             max_size=max_size, path=path, domain=domain, secure=secure, same_site=same_site))
+        # At most SESSION_THREADS of the server's threads wait on the store at once; the
+        # others answer 503 rather than join them, so a hung store cannot take every thread.
+        self._gate = threading.BoundedSemaphore(SESSION_THREADS)
+
+    def _io(self, fn: Callable[[], T]) -> T:
+        if not self._gate.acquire(timeout=SESSION_WAIT):
+            raise SessionStoreError(f"session store: busy for {SESSION_WAIT:g} s")
+        try:
+            return fn()
+        finally:
+            self._gate.release()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         manager = self.manager
         cookie = environ.get("HTTP_COOKIE")
         try:
-            session = manager.open(cookie) if cookie else Session()
-        except SessionStoreError:
+            session = self._io(lambda: manager.open(cookie)) if cookie else Session()
+        except SessionStoreError as exc:
+            store_failed(exc)
             return _plain(start_response, "503 Service Unavailable",
                           b"session store unavailable, retry\n", [("Retry-After", "1")])
         environ[ENVIRON_KEY] = session
@@ -74,12 +91,13 @@ class SessionMiddleware:
                   exc_info: ExcInfo | None = None) -> Callable[[bytes], object]:
             if manager.needs_commit(session) and exc_info is None:
                 try:
-                    set_cookie = manager.commit(session, https=https)
+                    set_cookie = self._io(lambda: manager.commit(session, https=https))
                 except SessionTooLarge:
                     refusal[:] = _plain(start_response, "413 Content Too Large",
                                         b"session data too large\n", [])
                     return lambda _: None
-                except SessionStoreError:
+                except SessionStoreError as exc:
+                    store_failed(exc)
                     refusal[:] = _plain(start_response, "503 Service Unavailable",
                                         b"session store unavailable, retry\n",
                                         [("Retry-After", "1")])
