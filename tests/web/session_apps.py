@@ -42,7 +42,7 @@ def _session_app() -> Any:
         Route("/cart", cart, methods=["POST"]), Route("/big", big, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
     ], middleware=[Middleware(
-        SessionMiddleware, store=os.environ["SESSION_URL"],
+        SessionMiddleware, store=os.environ.get("SESSION_URL"),
         idle_timeout=float(os.environ.get("SESSION_IDLE", "3600")), max_size=4096)])
 
 
@@ -63,7 +63,7 @@ def _wsgi_session_app() -> Any:
         start_response("200 OK", [("Content-Type", "application/json")])
         return [body]
 
-    return SessionMiddleware(app, store=os.environ["SESSION_URL"])
+    return SessionMiddleware(app, store=os.environ.get("SESSION_URL"))
 
 
 wsgi_session_app = _wsgi_session_app()

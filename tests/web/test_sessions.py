@@ -12,8 +12,21 @@ import httpx
 import pytest
 
 from crashonly.errors import ConfigError, SerializationError
-from crashonly.web.sessions import Session, SessionConfig, SessionManager, SessionTooLarge
-from crashonly.web.stores import SessionStoreError, SQLStore, open_store
+from crashonly.web.sessions import (
+    Session,
+    SessionConfig,
+    SessionManager,
+    SessionTooLarge,
+    use_stored_key,
+)
+from crashonly.web.stores import (
+    SessionStore,
+    SessionStoreError,
+    SQLStore,
+    default_store_url,
+    open_store,
+    sessions_beside,
+)
 from tests.web.harness import KEY, Web
 from tests.web.stores import any_store_url, store_url
 
@@ -39,13 +52,81 @@ def test_store_contract(any_store_url: str) -> None:
     sid = secrets.token_urlsafe(32)
     try:
         assert store.load(sid) is None
-        store.save(sid, b'{"a":1}', 60)
+        assert not store.save(sid, b'{"a":0}', 60, new=False)  # no such session: not created
+        assert store.load(sid) is None
+        assert store.save(sid, b'{"a":1}', 60, new=True)
         assert store.load(sid) == b'{"a":1}'
-        store.save(sid, b'{"a":2}', 60)
+        assert not store.save(sid, b'{"a":9}', 60, new=True)  # taken: not overwritten
+        assert store.save(sid, b'{"a":2}', 60, new=False)
         assert store.load(sid) == b'{"a":2}'
         store.delete(sid)
         assert store.load(sid) is None
+        assert not store.save(sid, b'{"a":3}', 60, new=False)  # deleted stays deleted
+        assert store.load(sid) is None
         store.delete(sid)  # twice is fine
+    finally:
+        store.close()
+
+
+def test_stored_key_is_made_once_and_agreed_on(any_store_url: str) -> None:
+    """Web processes starting together, each with its own connection: one key for all."""
+    import threading
+
+    stores = [open_store(any_store_url) for _ in range(6)]
+    for store in stores:  # a fresh key for this test (the store may hold one from another)
+        if isinstance(store, SQLStore):
+            with store._cursor() as cur:
+                cur.execute(f"DELETE FROM {store.secrets_table}")
+            break
+        getattr(store, "client").delete(getattr(store, "secret_key"))
+        break
+    keys: list[str] = []
+    barrier = threading.Barrier(len(stores))
+
+    def start(store: SessionStore) -> None:
+        barrier.wait()
+        keys.append(store.secret())
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in stores]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len(keys) == len(stores) and len(set(keys)) == 1
+        assert len(keys[0]) >= 32
+        assert stores[0].secret() == keys[0]  # and it stays
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_sessions_beside_the_queue_database() -> None:
+    assert sessions_beside("sqlite:///shop.db") == "sqlite:///shop.sessions.db"
+    assert sessions_beside("sqlite:////var/lib/q.sqlite") == "sqlite:////var/lib/q.sessions.sqlite"
+    assert sessions_beside("sqlite:///data/queue") == "sqlite:///data/queue.sessions.db"
+    assert sessions_beside("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert default_store_url({"DATABASE_URL": "sqlite:///a.db"}) == "sqlite:///a.sessions.db"
+    assert default_store_url({}) == "sqlite:///crashonly.sessions.db"
+    assert default_store_url({"REDIS_URL": "redis://r", "DATABASE_URL": "x"}) == "redis://r"
+
+
+def test_sqlite_session_file_is_private_and_keeps_no_key_readable_by_others(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'q.sessions.db'}"
+    store = SQLStore(url)
+    try:
+        assert (tmp_path / "q.sessions.db").stat().st_mode & 0o777 == 0o600
+        assert len(store.secret()) >= 32
+    finally:
+        store.close()
+    shared = tmp_path / "world.db"
+    shared.touch(mode=0o644)
+    shared.chmod(0o644)
+    store = SQLStore(f"sqlite:///{shared}")
+    try:
+        with pytest.raises(SessionStoreError, match="readable by other users"):
+            store.secret()
     finally:
         store.close()
 
@@ -56,7 +137,7 @@ def test_service_expires_what_it_stores(kind: str, tmp_path: Path,
     store = open_store(store_url(kind, tmp_path, request))
     sid = secrets.token_urlsafe(32)
     try:
-        store.save(sid, b"x", 1)
+        store.save(sid, b"x", 1, new=True)
         assert store.load(sid) == b"x"
         deadline = time.monotonic() + 3
         while store.load(sid) is not None:
@@ -72,8 +153,8 @@ def test_sql_store_hides_then_purges_expired_rows(kind: str, tmp_path: Path,
     clock = Clock()
     store = SQLStore(store_url(kind, tmp_path, request), clock=clock)
     try:
-        store.save("old" * 15, b"a", 10)
-        store.save("new" * 15, b"b", 100)
+        store.save("old" * 15, b"a", 10, new=True)
+        store.save("new" * 15, b"b", 100, new=True)
         clock.now += 11
         assert store.load("old" * 15) is None  # invisible at once
         assert store.purge() == 1  # and gone from the table at the next purge
@@ -90,7 +171,7 @@ def test_sql_store_shares_the_queue_database(tmp_path: Path) -> None:
     app.migrate()
     store = SQLStore(url)
     try:
-        store.save("s" * 43, b"{}", 60)
+        store.save("s" * 43, b"{}", 60, new=True)
         handle = app.enqueue("anything")
         assert app.get_job(handle.id).state.value == "ready"
         assert store.load("s" * 43) == b"{}"
@@ -112,7 +193,7 @@ def test_unreachable_store_is_a_store_error() -> None:
 
 @pytest.fixture
 def manager(tmp_path: Path) -> SessionManager:
-    return SessionManager(store=f"sqlite:///{tmp_path / 's.db'}", secret_key="k1",
+    return SessionManager(store=f"sqlite:///{tmp_path / 's.db'}", secret_key=KEY,
                           config=SessionConfig(idle_timeout=100, max_age=1000, max_size=2000),
                           clock=Clock())
 
@@ -155,12 +236,13 @@ def test_forged_and_malformed_cookies_give_a_fresh_session(manager: SessionManag
 
 def test_key_rotation_accepts_old_keys(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    old = SessionManager(store=url, secret_key="old")
+    old_key, new_key = "old-" + KEY, "new-" + KEY
+    old = SessionManager(store=url, secret_key=old_key)
     session = old.open(None)
     session["a"] = 1
     cookie = cookie_of(old.commit(session, https=False) or "")
-    assert SessionManager(store=url, secret_key="new").open(cookie) == {}
-    assert SessionManager(store=url, secret_key="new,old").open(cookie) == {"a": 1}
+    assert SessionManager(store=url, secret_key=new_key).open(cookie) == {}
+    assert SessionManager(store=url, secret_key=f"{new_key},{old_key}").open(cookie) == {"a": 1}
 
 
 def test_rotate_keeps_data_and_kills_the_old_id(manager: SessionManager) -> None:
@@ -229,8 +311,111 @@ def test_too_large_and_non_json_data_are_refused(manager: SessionManager) -> Non
 
 def test_a_secret_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CRASHONLY_SECRET_KEY", raising=False)
-    with pytest.raises(ConfigError, match="CRASHONLY_SECRET_KEY"):
+    with pytest.raises(ConfigError, match="CRASHONLY_SECRET_KEY.*token_urlsafe"):
         SessionManager(store="sqlite:///:memory:")
+
+
+@pytest.mark.parametrize("secret", ["Qz", "Qz" * 15 + "W", f"{KEY},QzShort"])
+def test_a_short_key_is_refused_without_being_shown(
+        monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+    with pytest.raises(ConfigError, match="at least 32") as caught:
+        SessionManager(store="sqlite:///:memory:", secret_key=secret)
+    assert "Qz" not in str(caught.value)
+    monkeypatch.setenv("CRASHONLY_SECRET_KEY", secret)
+    with pytest.raises(ConfigError, match=r"\$CRASHONLY_SECRET_KEY holds a key of"):
+        SessionManager(store="sqlite:///:memory:")
+
+
+def test_stored_key_signs_for_every_manager_of_the_store(
+        any_store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two web processes without a configured key (on loopback): one's cookie is valid for
+    the other, because both use the key kept in the store."""
+    monkeypatch.delenv("CRASHONLY_SECRET_KEY", raising=False)
+    use_stored_key()
+    try:
+        a, b = SessionManager(store=any_store_url), SessionManager(store=any_store_url)
+        try:
+            session = a.open(None)
+            session["user"] = "ana"
+            cookie = cookie_of(a.commit(session, https=False) or "")
+            assert b.open(cookie) == {"user": "ana"}
+            assert a.stored_key and b.stored_key
+        finally:
+            a.store.close()
+            b.store.close()
+    finally:
+        use_stored_key(False)
+    with pytest.raises(ConfigError):  # only where crashonly web allowed it
+        SessionManager(store=any_store_url)
+
+
+def test_logout_is_not_undone_by_a_concurrent_request(any_store_url: str) -> None:
+    """Request B loaded the session; request A logs out; B then saves its change. An upsert
+    would bring the session back, logged in; a conditional write does not."""
+    manager = SessionManager(store=open_store(any_store_url), secret_key=KEY)
+    try:
+        logout_then_late_save(manager)
+    finally:
+        manager.store.close()
+
+
+def logout_then_late_save(manager: SessionManager) -> None:
+    session = manager.open(None)
+    session["user"] = "ana"
+    cookie = cookie_of(manager.commit(session, https=False) or "")
+    b = manager.open(cookie)  # B starts
+    a = manager.open(cookie)  # A starts, and logs out
+    a.clear()
+    manager.commit(a, https=False)
+    b["cart"] = ["tea"]  # B finishes after the logout
+    assert manager.commit(b, https=False) is None
+    assert manager.open(cookie) == {}
+    sid = b.id
+    assert sid is not None and manager.store.load(sid) is None
+    # the same after a rotation (login): the old id stays dead
+    session = manager.open(None)
+    session["cart"] = [1]
+    old = cookie_of(manager.commit(session, https=False) or "")
+    late = manager.open(old)
+    login = manager.open(old)
+    login["user"] = "ana"
+    login.rotate()
+    new = cookie_of(manager.commit(login, https=False) or "")
+    late["cart"].append(2)
+    manager.commit(late, https=False)
+    assert manager.open(old) == {}
+    assert manager.open(new) == {"cart": [1], "user": "ana"}
+
+
+class CountingStore(SQLStore):
+    """A real SQLite store that counts its reads."""
+
+    loads = 0
+
+    def load(self, sid: str) -> bytes | None:
+        self.loads += 1
+        return super().load(sid)
+
+
+def test_a_cookie_sent_700_times_is_looked_up_once(tmp_path: Path) -> None:
+    store = CountingStore(f"sqlite:///{tmp_path / 's.db'}")
+    manager = SessionManager(store=store, secret_key=KEY)
+    session = manager.open(None)
+    session["user"] = "ana"
+    cookie = cookie_of(manager.commit(session, https=False) or "")
+    assert manager.open("; ".join([cookie] * 700)) == {"user": "ana"}
+    assert store.loads == 1
+    # distinct, validly signed but unknown ids: a bounded number of lookups
+    store.loads = 0
+    others = []
+    for _ in range(50):
+        other = manager.open(None)
+        other["x"] = 1
+        others.append(cookie_of(manager.commit(other, https=False) or ""))
+        manager.store.delete(str(other.id))
+    assert manager.open("; ".join(others)) == {}
+    assert store.loads == 2
+    store.close()
 
 
 # --- real web processes ---------------------------------------------------------------------------

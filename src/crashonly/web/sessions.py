@@ -50,7 +50,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigError, CrashonlyError, SerializationError
 from .limits import LogThrottle
-from .stores import SessionStore, SessionStoreError, default_store_url, open_store
+from .stores import SessionStore, SessionStoreError, check_url, default_store_url, open_store
 
 __all__ = [
     "KEY_HINT",
@@ -198,6 +198,10 @@ class SessionManager:
         if self.config.idle_timeout <= 0 or self.config.max_age <= 0:
             raise ConfigError("idle_timeout and max_age must be positive numbers of seconds")
         self.clock = clock
+        if store is None:
+            store = default_store_url()
+        if isinstance(store, str):
+            check_url(store)
         self._store_spec = store
         self._store: SessionStore | None = store if not isinstance(store, str | None) else None
         self._lock = threading.Lock()

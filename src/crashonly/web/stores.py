@@ -54,6 +54,7 @@ __all__ = [
     "SQLStore",
     "SessionStore",
     "SessionStoreError",
+    "check_url",
     "default_store_url",
     "open_store",
     "sessions_beside",
@@ -108,8 +109,7 @@ def sessions_beside(database_url: str) -> str:
     stem, dot, suffix = path.rpartition(".")
     if not dot or "/" in suffix:
         stem, suffix = path, "db"
-    new_path = urllib.parse.quote(f"{stem}.sessions.{suffix}")
-    return urllib.parse.urlunsplit(parts._replace(path=new_path, query=""))
+    return "sqlite://" + urllib.parse.quote(f"{stem}.sessions.{suffix}")
 
 
 def default_store_url(environ: dict[str, str] | None = None) -> str:
@@ -123,17 +123,27 @@ def default_store_url(environ: dict[str, str] | None = None) -> str:
     return sessions_beside(env.get("DATABASE_URL") or "sqlite:///crashonly.db")
 
 
-def open_store(url: str) -> SessionStore:
-    """The store for ``url``; only that store's driver is imported."""
+def check_url(url: str) -> type[RedisStore | MemcachedStore | SQLStore]:
+    """The store class for ``url``, or a :class:`ConfigError`; no I/O, so a malformed URL is
+    reported when the app starts, not at its first request."""
     scheme = urllib.parse.urlsplit(url).scheme if "://" in url else ""
     if scheme in ("redis", "rediss", "unix"):
-        return RedisStore(url)
+        return RedisStore
     if scheme in ("memcached", "memcache"):
-        return MemcachedStore(url)
+        return MemcachedStore
+    if scheme == "sqlite":
+        from ..backends.sqlite import parse_url
+
+        parse_url(url)
     if scheme in ("sqlite", "postgres", "postgresql"):
-        return SQLStore(url)
+        return SQLStore
     raise ConfigError(f"unsupported session store URL {_redact(url)!r}; expected redis://, "
                       "memcached://host:port, sqlite:///path.db or postgresql://")
+
+
+def open_store(url: str) -> SessionStore:
+    """The store for ``url``; only that store's driver is imported."""
+    return check_url(url)(url)
 
 
 def _redact(url: str) -> str:
