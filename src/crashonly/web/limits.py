@@ -142,7 +142,10 @@ def guard_loop(loop: asyncio.AbstractEventLoop) -> None:
 
     def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         message = str(context.get("message", ""))
-        if "accept" in message:
+        # asyncio retries a failed accept a second later, by a timer that also fires after
+        # the listener was closed for a drain ("Invalid file descriptor: -1"): both are the
+        # same condition, not a bug to print a traceback for.
+        if "accept" in message or "_start_serving" in repr(context.get("handle")):
             exc = context.get("exception")
             _accept_errors.warning("cannot accept connections: %s", exc or message)
             return
