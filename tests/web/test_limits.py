@@ -113,7 +113,8 @@ def test_running_out_of_descriptors_logs_a_few_lines_not_a_flood(
 
     sock = listening_socket()
     env = {**subprocess_env, "CRASHONLY_SECRET_KEY": KEY}
-    url = "http://%s:%d" % sock.getsockname()
+    host, port = sock.getsockname()
+    url = f"http://{host}:{port}"
     web = subprocess.Popen(
         [sys.executable, "-m", "crashonly.cli", "web", HELLO, "--fd", str(sock.fileno()),
          "--grace", "2"],

@@ -78,7 +78,7 @@ def test_stored_key_is_made_once_and_agreed_on(any_store_url: str) -> None:
             with store._cursor() as cur:
                 cur.execute(f"DELETE FROM {store.secrets_table}")
             break
-        getattr(store, "client").delete(getattr(store, "secret_key"))
+        store.client.delete(store.secret_key)
         break
     keys: list[str] = []
     barrier = threading.Barrier(len(stores))
@@ -311,7 +311,7 @@ def test_too_large_and_non_json_data_are_refused(manager: SessionManager) -> Non
 
 def test_a_secret_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CRASHONLY_SECRET_KEY", raising=False)
-    with pytest.raises(ConfigError, match="CRASHONLY_SECRET_KEY.*token_urlsafe"):
+    with pytest.raises(ConfigError, match=r"CRASHONLY_SECRET_KEY.*token_urlsafe"):
         SessionManager(store="sqlite:///:memory:")
 
 
