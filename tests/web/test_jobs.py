@@ -60,15 +60,17 @@ def test_status_and_bad_ids(env: dict[str, str], queue: crashonly.App) -> None:
         view = httpx.get(f"{web.url}/jobs/{job.id}").json()
         assert view["state"] == "ready" and view["final"] is False and view["task"] == "add"
         assert "args" not in view
-        for bad in ["999999", "abc", "-1", "1.5", str(2**70), "%00", "١٢"]:
-            r = httpx.get(f"{web.url}/jobs/{bad}")
-            assert r.status_code == 404, bad
+        for bad in ["999999", "abc", "-1", "1.5", str(2**70), "%00", "١٢", "9" * 5000]:
+            for suffix in ("", "/wait", "/events"):
+                r = httpx.get(f"{web.url}/jobs/{bad}{suffix}")
+                assert r.status_code == 404, bad[:20]
         assert httpx.get(f"{web.url}/jobs/{job.id}/wait?timeout=x").status_code == 400
         assert httpx.get(f"{web.url}/jobs/{job.id}/wait?timeout=nan").status_code == 400
         assert httpx.get(f"{web.url}/jobs/{job.id}/wait?timeout=1e9").status_code == 400
         assert web.popen.poll() is None
     finally:
         web.stop()
+    assert "Traceback" not in web.text()
 
 
 def test_long_poll(env: dict[str, str], queue: crashonly.App, db_url: str) -> None:
@@ -233,3 +235,77 @@ def test_authorize_hides_other_peoples_jobs(tmp_path: Path, db_url: str) -> None
         assert asyncio.run(check()) == (200, 404)
     finally:
         app.close()
+
+
+def _router_client(router: Any) -> Any:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    web = Starlette(routes=[Mount("/jobs", app=router)])
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://t")
+
+
+def test_router_needs_authorize_or_an_explicit_public(queue: crashonly.App) -> None:
+    from crashonly.errors import ConfigError
+    from crashonly.web.jobs import job_router
+
+    with pytest.raises(ConfigError, match="authorize"):
+        job_router(queue)
+    with pytest.raises(ConfigError, match="not both"):
+        job_router(queue, authorize=lambda r, j: True, public=True)
+
+
+def test_result_and_error_are_shown_only_when_the_app_opts_in(
+        queue: crashonly.App, db_url: str) -> None:
+    import asyncio
+
+    from crashonly.web.jobs import job_router
+
+    done = queue.enqueue("add", args=[20, 22])
+    failed = queue.enqueue("fail")
+    run_jobs(db_url)
+
+    async def views(router: Any) -> list[dict[str, Any]]:
+        async with _router_client(router) as http:
+            return [(await http.get(f"/jobs/{i}")).json() for i in (done.id, failed.id)]
+
+    hidden = asyncio.run(views(job_router(queue, public=True)))
+    assert [v["state"] for v in hidden] == ["done", "buried"]
+    assert all(v["result"] is None and v["error"] is None for v in hidden)
+    shown = asyncio.run(views(job_router(queue, authorize=lambda r, j: True,
+                                         expose_result=True)))
+    assert shown[0]["result"] == 42 and shown[1]["error"] == "second line"
+
+
+def test_streams_are_capped_in_number_and_lifetime(queue: crashonly.App) -> None:
+    import asyncio
+
+    from crashonly.web.jobs import job_router
+
+    job = queue.enqueue("add", args=[1, 1])  # no worker: it stays ready
+    router = job_router(queue, public=True, max_streams=2, stream_lifetime=0.5)
+
+    async def scenario() -> tuple[list[int], int, str, float]:
+        async with _router_client(router) as http:
+            polls = [asyncio.create_task(http.get(f"/jobs/{job.id}/wait?timeout=1.5"))
+                     for _ in range(2)]
+            await asyncio.sleep(0.3)
+            third = await http.get(f"/jobs/{job.id}/wait?timeout=1")
+            codes = [(await p).status_code for p in polls]
+            started = time.monotonic()
+            events = await http.get(f"/jobs/{job.id}/events")  # ends at its lifetime
+            took = time.monotonic() - started
+            return codes, third.status_code, events.text, took
+
+    codes, third, events, took = asyncio.run(scenario())
+    assert codes == [202, 202] and third == 503
+    assert "event: state" in events and events.rstrip().endswith("event: reconnect\ndata: {}")
+    assert 0.4 < took < 3
+
+
+def test_polls_do_not_read_the_arguments(queue: crashonly.App) -> None:
+    """A status poll reads the job's state, never its (possibly huge) arguments; only the
+    first read of a request, for ``authorize``, reads the job whole."""
+    job = queue.enqueue("add", args=["x" * 1_000_000, 1])
+    assert queue.get_job(job.id, payload=False).payload == ""
+    assert len(queue.get_job(job.id).payload) > 1_000_000
