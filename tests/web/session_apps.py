@@ -37,10 +37,13 @@ def _session_app() -> Any:
         request.session.clear()
         return JSONResponse({"ok": True})
 
+    def plain(request: Request) -> JSONResponse:  # sync: runs on the app's thread pool
+        return JSONResponse({"ok": True})
+
     return Starlette(routes=[
         Route("/login", login, methods=["POST"]), Route("/me", me),
         Route("/cart", cart, methods=["POST"]), Route("/big", big, methods=["POST"]),
-        Route("/logout", logout, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]), Route("/plain", plain),
     ], middleware=[Middleware(
         SessionMiddleware, store=os.environ.get("SESSION_URL"),
         idle_timeout=float(os.environ.get("SESSION_IDLE", "3600")), max_size=4096)])
