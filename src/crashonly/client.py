@@ -6,13 +6,20 @@ job's result. Web processes come and go (D3): when the one answering drains (``5
 backing off from 50 ms to 1 s, until ``timeout``. :func:`events` does the same over server-sent
 events, resuming with ``Last-Event-ID``.
 
+What never heals is not retried: a URL that is not ``http://`` or ``https://`` is a
+``ValueError`` at once, and a TLS failure (a certificate that does not verify, TLS spoken to
+a plain-HTTP port) a :class:`ClientError`. Redirects are followed, but ``Authorization``,
+``Cookie`` and ``Proxy-Authorization`` headers go only to the origin (scheme, host, port)
+they were given for, never to another one a redirect names.
+
 ::
 
     CrashonlyError
     ├── JobNotFound      404: no such job (or not yours)
     ├── JobFailed        the job was buried; carries its last error line
     ├── JobTimeout       ``timeout`` passed first (the job goes on)
-    └── ClientError      any other answer: an HTTP status the protocol does not use
+    └── ClientError      any other answer: an HTTP status the protocol does not use, or a
+                         TLS failure (``status`` is None)
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import http.client
 import json
 import random
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -37,11 +45,63 @@ _GONE = (ConnectionError, http.client.HTTPException, socket.timeout, TimeoutErro
 
 
 class ClientError(CrashonlyError):
-    """The server answered something the job-status protocol does not use."""
+    """The server answered something the job-status protocol does not use (``status``), or
+    could not be talked to in a way that retrying would fix (``status`` None)."""
 
-    def __init__(self, status: int, body: str) -> None:
+    def __init__(self, status: int | None, body: str) -> None:
         self.status = status
-        super().__init__(f"HTTP {status}: {body[:200]}")
+        super().__init__(f"HTTP {status}: {body[:200]}" if status is not None else body)
+
+
+_CREDENTIALS = ("Authorization", "Cookie", "Proxy-authorization")  # as urllib capitalizes
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """urllib copies every header onto a redirect, wherever it points: credentials stay
+    with their origin."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            for name in _CREDENTIALS:
+                new.remove_header(name)
+        return new
+
+
+_opener = urllib.request.build_opener(_Redirects)
+
+
+def _check_url(base_url: str) -> None:
+    scheme = urllib.parse.urlsplit(base_url).scheme
+    if scheme not in ("http", "https"):
+        raise ValueError(f"crashonly.client needs an http:// or https:// URL, not {scheme!r}"
+                         f" ({base_url[:80]!r})")
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind ``exc``, if that is what it is: it will fail the same way again."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return reason if isinstance(reason, ssl.SSLError) else None
+
+
+def _open(request: urllib.request.Request, timeout: float) -> Any:
+    try:
+        return _opener.open(request, timeout=timeout)
+    except urllib.error.HTTPError:
+        raise
+    except _GONE as exc:
+        failure = _tls_failure(exc)
+        if failure is not None:
+            raise ClientError(None, f"TLS failure talking to {request.full_url}: {failure}"
+                              ) from None
+        raise
 
 
 def _url(base: str, job_id: int, suffix: str, query: dict[str, str] | None = None) -> str:
@@ -84,6 +144,7 @@ def wait(base_url: str, job_id: int, *, timeout: float | None = None, poll: floa
     :class:`JobNotFound`, :class:`JobTimeout` (after ``timeout`` seconds) or
     :class:`ClientError`.
     """
+    _check_url(base_url)
     deadline = None if timeout is None else time.monotonic() + timeout
     backoff = _Backoff(deadline)
     while True:
@@ -94,7 +155,7 @@ def wait(base_url: str, job_id: int, *, timeout: float | None = None, poll: floa
         url = _url(base_url, job_id, "/wait", {"timeout": f"{this_poll:.3f}"})
         request = urllib.request.Request(url, headers=dict(headers or {}))
         try:
-            with urllib.request.urlopen(request, timeout=this_poll + 10) as response:
+            with _open(request, this_poll + 10) as response:
                 status, body = response.status, response.read()
         except urllib.error.HTTPError as exc:
             status, body = exc.code, exc.read()
@@ -127,6 +188,7 @@ def events(base_url: str, job_id: int, *, timeout: float | None = None,
            headers: Mapping[str, str] | None = None) -> Iterator[dict[str, Any]]:
     """Yield the job's states (its JSON view) as they change, ending after the final one;
     reconnects with ``Last-Event-ID`` so no state is repeated across reconnections."""
+    _check_url(base_url)
     deadline = None if timeout is None else time.monotonic() + timeout
     backoff = _Backoff(deadline)
     last_id: str | None = None
@@ -140,7 +202,7 @@ def events(base_url: str, job_id: int, *, timeout: float | None = None,
         if left is not None and left <= 0:
             raise JobTimeout(f"job {job_id} did not finish within {timeout} s")
         try:
-            with urllib.request.urlopen(request, timeout=60 if left is None else left) as response:
+            with _open(request, 60 if left is None else left) as response:
                 if response.status == 204:
                     return
                 event_id: str | None = None
