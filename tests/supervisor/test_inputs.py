@@ -63,6 +63,23 @@ def test_env_file_errors(tmp_path: Path) -> None:
     assert read_env(tmp_path / "missing.env", required=False) == {}
 
 
+def test_env_file_quotes_multiline_and_secrets_never_echoed() -> None:
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBg\nkqhkiG9w0BAQEF\n-----END PRIVATE KEY-----"
+    env = parse_env(f'A=1\nKEY="{pem}" # the PEM\nCERT=\'{pem}\'\r\nB=2\n', HERE)
+    assert env == {"A": "1", "KEY": pem, "CERT": pem, "B": "2"}
+    # text after the closing quote is an error naming the line, not a value cut short
+    for text, line in (('A=1\nTOKEN="abc"def\n', 2), ("T='abc' extra", 1),
+                       ('A=1\nP="x\ny"z\n', 2)):
+        with pytest.raises(EnvFileError, match=rf"\.env:{line}: text after the closing quote"):
+            parse_env(text, Path(".env"))
+    # a malformed line's error never shows the line: it may be a secret pasted wrongly
+    for text in ("hunter2-secret-value\n", "A=1\n1PASSWORD=hunter2-secret-value\n",
+                 "-----BEGIN hunter2-secret-value\n"):
+        with pytest.raises(EnvFileError) as info:
+            parse_env(text, Path(".env"))
+        assert "hunter2" not in str(info.value) and "expected KEY=value" in str(info.value)
+
+
 def test_formation_parsing_and_resolution() -> None:
     assert parse_formation("web=2,worker=3") == {"web": 2, "worker": 3}
     assert parse_formation("web=2 worker=0") == {"web": 2, "worker": 0}

@@ -66,7 +66,7 @@ def test_credentials_do_not_follow_a_redirect_to_another_host(servers: Any) -> N
     seen.clear()
     # another origin (another port): they do not
     assert client.wait(f"{a}/go/{b}/jobs", 1, timeout=5, headers=secret) == 7
-    (first, to_a), (second, to_b) = seen
+    (_first, to_a), (_second, to_b) = seen
     assert to_a["Authorization"] == "Bearer s3cret" and to_a["Cookie"] == "session=abc"
     assert "Authorization" not in to_b and "Cookie" not in to_b, to_b
 
