@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import IN_CI
 from tests.processes.harness import Proc, worker
-from tests.web.harness import KEY, Web, listening_socket
+from tests.web.harness import Web, listening_socket
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -67,8 +67,11 @@ def wait_for_state(driver: Any, state: str, timeout: float = 20.0) -> str:
 def test_order_status_follows_through_a_web_restart(
     browser: Any, db_url: str, subprocess_env: dict[str, str], tmp_path: Path,
 ) -> None:
-    env = dict(subprocess_env, DATABASE_URL=db_url, CRASHONLY_SECRET_KEY=KEY)
-    env.pop("REDIS_URL", None)  # sessions in the queue's own SQLite database
+    # No key and no session service: on loopback the two web processes share a key kept in
+    # the session store, an SQLite file beside the queue's.
+    env = dict(subprocess_env, DATABASE_URL=db_url)
+    for name in ("CRASHONLY_SECRET_KEY", "SESSION_URL", "REDIS_URL", "MEMCACHED_URL"):
+        env.pop(name, None)
     sock = listening_socket()  # held here, as `crashonly up` holds it: the port never closes
     port = sock.getsockname()[1]
     webs: list[Web] = []
