@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["MAX_CONNECTIONS", "Limits", "LogThrottle", "guard", "guard_loop",
            "limit_connections"]
@@ -99,8 +99,7 @@ class _Refusal(asyncio.Protocol):
         self.answered = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # a TCP or unix stream
         asyncio.get_running_loop().call_later(2.0, transport.close)
 
     def data_received(self, data: bytes) -> None:
