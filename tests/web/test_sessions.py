@@ -349,6 +349,32 @@ def test_stored_key_signs_for_every_manager_of_the_store(
         SessionManager(store=any_store_url)
 
 
+def test_a_replaced_stored_key_is_picked_up(tmp_path: Path, request: pytest.FixtureRequest,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memcached may evict the key: a process starting then makes a new one, and a process
+    holding the old one adopts the new one when a cookie signed with it arrives."""
+    monkeypatch.delenv("CRASHONLY_SECRET_KEY", raising=False)
+    url = store_url("memcached", tmp_path, request)
+    use_stored_key()
+    old = SessionManager(store=url)
+    try:
+        session = old.open(None)
+        session["n"] = 1
+        old.commit(session, https=False)
+        client = getattr(old.store, "client")
+        client.delete(getattr(old.store, "secret_key"), noreply=False)  # evicted
+        new = SessionManager(store=url)
+        session = new.open(None)
+        session["n"] = 2
+        cookie = cookie_of(new.commit(session, https=False) or "")
+        old._key_read -= 10  # as if the last read were older than the re-read interval
+        assert old.open(cookie) == {"n": 2}
+        new.store.close()
+    finally:
+        old.store.close()
+        use_stored_key(False)
+
+
 def test_logout_is_not_undone_by_a_concurrent_request(any_store_url: str) -> None:
     """Request B loaded the session; request A logs out; B then saves its change. An upsert
     would bring the session back, logged in; a conditional write does not."""
