@@ -361,8 +361,8 @@ def test_a_replaced_stored_key_is_picked_up(tmp_path: Path, request: pytest.Fixt
         session = old.open(None)
         session["n"] = 1
         old.commit(session, https=False)
-        client = getattr(old.store, "client")
-        client.delete(getattr(old.store, "secret_key"), noreply=False)  # evicted
+        client = old.store.client
+        client.delete(old.store.secret_key, noreply=False)  # evicted
         new = SessionManager(store=url)
         session = new.open(None)
         session["n"] = 2
