@@ -249,6 +249,24 @@ class CrashonlyServer(uvicorn.Server):
 
         return create
 
+    async def _stop_accepting(self) -> None:
+        """Stop taking connections, and let those already taken reach uvicorn.
+
+        asyncio accepts a burst of connections in one callback and hands each to a task that
+        builds its transport on a later loop iteration; that transport registers with its
+        ``Server``, which asserts the server is still open. ``Server.close()`` in between
+        makes the task fail silently, and the socket it accepted is closed when the process
+        exits: the kernel resets the connection (its request is unread). So: unregister the
+        listening descriptors first (no new accepts), let the pending tasks run (each yield
+        runs everything scheduled before it: one builds the transports, the next runs
+        ``connection_made``), and only then close the servers."""
+        loop = asyncio.get_running_loop()
+        for listener in self.listeners:
+            with contextlib.suppress(ValueError, OSError):  # not a selector loop's reader
+                loop.remove_reader(listener.fileno())
+        for _ in range(3):
+            await asyncio.sleep(0)
+
     def _take_accept_queue(self) -> list[socket.socket]:
         taken: list[socket.socket] = []
         for listener in self.listeners:
@@ -270,9 +288,10 @@ class CrashonlyServer(uvicorn.Server):
         deadline = started + self.options.grace
         self.drain.begin()
         notify("STOPPING=1")
-        # 1-2. take what is queued, then close our descriptors (never shutdown(): see listeners).
-        # On a socket shared with siblings the queue is theirs to serve: a connection taken
-        # now would meet a process on its way out.
+        # 1-2. stop accepting, take what is queued, then close our descriptors (never
+        # shutdown(): see listeners). On a socket shared with siblings the queue is theirs to
+        # serve: a connection taken now would meet a process on its way out.
+        await self._stop_accepting()
         queued = [] if self.options.shared else self._take_accept_queue()
         for server in self.servers:
             server.close()
@@ -281,10 +300,6 @@ class CrashonlyServer(uvicorn.Server):
         factory = self._protocol_factory()
         for conn in queued:
             await loop.connect_accepted_socket(factory, conn, ssl=self.config.ssl)
-        # asyncio hands each connection it accepted to a task that builds the transport; one
-        # accepted just before the close may not have reached uvicorn's bookkeeping yet. Let
-        # those tasks run, or the drain below would not see (and exit would reset) them.
-        await asyncio.sleep(0.05)
         state = self.server_state
         log.info("draining: %d connection(s), %d request(s) in flight, %d taken from the "
                  "accept queue", len(state.connections), len(state.tasks), len(queued))
