@@ -36,6 +36,7 @@ import logging
 import os
 import select
 import socket
+import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,8 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..lifecycle import Shutdown, notify
-from .drain import ASGIApp, Drain, FrontDoor
+from .deadline import HardDeadline
+from .drain import ASGIApp, Drain, FrontDoor, retry_is_safe
 from .listeners import describe
 
 __all__ = ["IDLE_LINGER", "CrashonlyServer", "ServeOptions", "serve"]
@@ -75,6 +77,8 @@ class ServeOptions:
     forwarded_allow_ips: str | None = None
     # Inherited from a process manager (--fd, LISTEN_FDS): siblings keep accepting from it.
     shared: bool = False
+    # A WSGI app (run in threads by a2wsgi): cancelling its request does not stop its work.
+    wsgi: bool = False
 
 
 # --- connections --------------------------------------------------------------------------
@@ -146,6 +150,13 @@ def _drain_connection(conn: Any) -> None:
     _arm(conn, conn.config._co_idle_linger)
 
 
+def _no_retry(conn: Any, *, wsgi: bool) -> bool:
+    """A request is running on ``conn`` that must not be answered "retry" (see drain)."""
+    cycle = getattr(conn, "cycle", None)  # None on a websocket connection
+    return (cycle is not None and not cycle.response_complete
+            and not retry_is_safe(cycle.scope, wsgi=wsgi))
+
+
 def _lost(conn: Any) -> None:
     timer: asyncio.TimerHandle | None = getattr(conn, "_co_timer", None)
     if timer is not None:
@@ -200,12 +211,14 @@ class CrashonlyServer(uvicorn.Server):
     """uvicorn's server with our signals, readiness and drain (see the module docstring)."""
 
     def __init__(self, config: uvicorn.Config, *, listeners: list[socket.socket],
-                 options: ServeOptions, drain: Drain, stop: Shutdown) -> None:
+                 options: ServeOptions, drain: Drain, stop: Shutdown,
+                 deadline: HardDeadline) -> None:
         super().__init__(config)
         self.listeners = listeners
         self.options = options
         self.drain = drain
         self.stop = stop
+        self.deadline = deadline
         self._wake = asyncio.Event()
         self.exit_reason = ""
 
@@ -284,8 +297,10 @@ class CrashonlyServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        # Counted from the signal, not from now: a handler that blocked the loop delays this.
+        started = loop.time() - self.deadline.since_signal()
         deadline = started + self.options.grace
+        hard_deadline = deadline + self.deadline.margin
         self.drain.begin()
         notify("STOPPING=1")
         # 1-2. stop accepting, take what is queued, then close our descriptors (never
@@ -310,26 +325,39 @@ class CrashonlyServer(uvicorn.Server):
             if self.stop.immediate.is_set():
                 break
             await asyncio.sleep(0.01)
-        # 4. past the grace: cancel and close what remains
+        # 4. past the grace: cancel and close what remains. A request whose work may go on
+        # after the cancel (a WSGI thread) or be half done (not idempotent) gets no answer at
+        # all: its connection is closed first, so the 503 "retry" below is never sent for it
+        # (a client that retried as told would place the order twice).
         cut = len(state.tasks)
         if state.tasks or state.connections:
             log.warning("grace period over: cancelling %d request(s), closing %d connection(s)",
                         cut, len(state.connections))
+            for connection in list(state.connections):
+                if _no_retry(connection, wsgi=self.options.wsgi):
+                    connection.transport.close()
             for task in list(state.tasks):
                 task.cancel()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*state.tasks, return_exceptions=True), 0.5)
+                await asyncio.wait_for(asyncio.gather(*state.tasks, return_exceptions=True), 0.3)
             for connection in list(state.connections):
                 connection.transport.close()
             await asyncio.sleep(0)
         if not self.stop.immediate.is_set():
             try:
                 await asyncio.wait_for(self.lifespan.shutdown(),
-                                       max(1.0, deadline - loop.time()))
+                                       max(0.1, hard_deadline - 0.2 - loop.time()))
             except TimeoutError:
                 log.warning("lifespan shutdown did not finish in time")
         log.info("stopped %.3f s after the signal (%d request(s) cut at the grace period)",
                  loop.time() - started, cut)
+
+
+def _still_running(server: CrashonlyServer) -> str:
+    threads = [t.name for t in threading.enumerate()
+               if not t.daemon and t is not threading.main_thread()]
+    return (f"{len(server.server_state.tasks)} request(s), "
+            f"{len(threads)} thread(s) ({', '.join(threads) or 'none'})")
 
 
 def serve(app: ASGIApp, listeners: list[socket.socket], options: ServeOptions,
@@ -348,7 +376,9 @@ def serve(app: ASGIApp, listeners: list[socket.socket], options: ServeOptions,
     config._co_idle_linger = options.idle_linger  # type: ignore[attr-defined]
     stop = stop or Shutdown()
     stop.install()
-    server = CrashonlyServer(config, listeners=listeners, options=options, drain=drain, stop=stop)
+    deadline = HardDeadline(stop, options.grace, running=lambda: _still_running(server))
+    server = CrashonlyServer(config, listeners=listeners, options=options, drain=drain, stop=stop,
+                             deadline=deadline.start())
     try:
         server.run(sockets=listeners)
     except SystemExit as exc:  # uvicorn exits this way when the lifespan startup fails
