@@ -10,7 +10,9 @@ Stopping, on the first SIGTERM/SIGINT (one function, :meth:`CrashonlyServer.shut
 
 1. :class:`~crashonly.web.drain.Drain` begins: ``/readyz`` says 503, responses say
    ``Connection: close``, long-polls and event streams end with a reconnect hint.
-2. Connections already waiting in the accept queue are accepted, *then* our listening
+2. We stop accepting and let the connections asyncio already accepted reach uvicorn
+   (:meth:`CrashonlyServer._stop_accepting`). Connections still waiting in the accept queue are
+   accepted (unless siblings share the socket: then they are theirs), *then* our listening
    descriptors are closed. uvicorn closes the listener first and resets a connection it has
    accepted but whose request it has not read yet (uvicorn PR #3124); here every connection
    that completed its handshake with this process gets its request served. Closing, never
@@ -20,8 +22,13 @@ Stopping, on the first SIGTERM/SIGINT (one function, :meth:`CrashonlyServer.shut
    a request already on its way; one that comes is served with ``Connection: close`` (so the
    client is told, rather than racing a bare FIN with its next request), then they are closed.
    Before closing, the socket is checked for bytes the loop has not read yet.
-4. At ``grace`` seconds whatever still runs is cancelled (the client gets 503 + ``Retry-After``
-   if its response had not started) and closed; the lifespan shutdown runs; exit 0.
+4. At ``grace`` seconds after the signal whatever still runs is cancelled and closed: the client
+   gets 503 + ``Retry-After`` if its response had not started and a retry is harmless
+   (:func:`~crashonly.web.drain.retry_is_safe`), else no answer at all; the lifespan shutdown
+   runs; exit 0.
+5. Whatever the handlers do, the process is gone ``grace`` + :data:`~crashonly.web.deadline.MARGIN`
+   seconds after the signal (:class:`~crashonly.web.deadline.HardDeadline`). :func:`serve`
+   therefore owns its process: it is ``crashonly web``'s, not a library call to embed.
 
 A second signal skips the waiting. Slow clients are bounded too: a request head must arrive
 within ``header_timeout`` of the connection (or of the previous response) or the connection is
