@@ -69,7 +69,7 @@ def test_rolling_restarts_reset_no_request(up: UpFactory,
     try:
         for _ in range(10):
             result = proc.ctl("restart")
-            assert result.returncode == 0, result.stderr
+            assert result.returncode == 0, result.stderr + proc.text()
         time.sleep(0.3)
     finally:
         load.stop()
