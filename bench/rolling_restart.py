@@ -11,7 +11,8 @@ Servers (``--server``):
   stdlib     the tests' stdlib ``webchild.py`` (isolates `up` from the web server)
 Connections (``--keepalive``): off (default) opens a connection per request, which exercises
 the shared accept queue; on reuses connections, which also exercises the server's drain of idle
-keep-alive connections.
+keep-alive connections. ``--stdlib-clients`` uses threads with ``http.client`` instead of httpx
+(a new connection per request, as in issue 10; `--busy` adds a busy loop per core).
 
     .venv/bin/python bench/rolling_restart.py --server crashonly --restarts 20 --clients 64
 """
@@ -127,12 +128,38 @@ async def _client(port: int, keepalive: bool, stop: asyncio.Event, counts: Count
                 counts[f"status {response.status_code}"] += 1
 
 
+def _stdlib_client(port: int, stop: threading.Event, counts: Counter[str],
+                   pids: set[str], lock: threading.Lock) -> None:
+    import http.client
+
+    while not stop.is_set():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            body = response.read().decode().strip()
+            outcome = "ok" if response.status == 200 else f"status {response.status}"
+        except (OSError, http.client.HTTPException) as exc:
+            outcome, body = f"error: {type(exc).__name__}", ""
+        finally:
+            conn.close()
+        with lock:
+            counts[outcome] += 1
+            if body:
+                pids.add(body)
+
+
 async def _run(port: int, up: Up, args: argparse.Namespace) -> dict[str, Any]:
     stop = asyncio.Event()
     counts: Counter[str] = Counter()
     pids: set[str] = set()
+    halt, lock = threading.Event(), threading.Lock()
+    threads = [threading.Thread(target=_stdlib_client, args=(port, halt, counts, pids, lock))
+               for _ in range(args.clients if args.stdlib_clients else 0)]
+    for thread in threads:
+        thread.start()
     clients = [asyncio.create_task(_client(port, args.keepalive, stop, counts, pids))
-               for _ in range(args.clients)]
+               for _ in range(0 if args.stdlib_clients else args.clients)]
     await asyncio.sleep(1.0)  # warm up: every connection in use before the first restart
     durations = []
     started = time.monotonic()
@@ -141,7 +168,10 @@ async def _run(port: int, up: Up, args: argparse.Namespace) -> dict[str, Any]:
     elapsed = time.monotonic() - started
     await asyncio.sleep(0.5)
     stop.set()
+    halt.set()
     await asyncio.gather(*clients)
+    for thread in threads:
+        thread.join()
     return {"counts": counts, "durations": durations, "elapsed": elapsed, "pids": len(pids)}
 
 
@@ -151,7 +181,19 @@ def main() -> int:
     parser.add_argument("--restarts", type=int, default=20)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--keepalive", action="store_true")
+    parser.add_argument("--stdlib-clients", action="store_true")
+    parser.add_argument("--busy", action="store_true", help="a busy loop per core meanwhile")
     args = parser.parse_args()
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+               for _ in range((os.cpu_count() or 2) if args.busy else 0)]
+    try:
+        return _main(args)
+    finally:
+        for burner in burners:
+            burner.kill()
+
+
+def _main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         up = Up(Path(tmp), args.server)
         try:
@@ -165,7 +207,8 @@ def main() -> int:
     failed = sum(v for k, v in counts.items() if k != "ok")
     durations: list[float] = result["durations"]
     print(f"server={args.server} keepalive={'on' if args.keepalive else 'off'} "
-          f"clients={args.clients} restarts={args.restarts}")
+          f"clients={args.clients} ({'http.client' if args.stdlib_clients else 'httpx'}) "
+          f"restarts={args.restarts} busy={'on' if args.busy else 'off'}")
     print(f"requests: {sum(counts.values())} ok={counts['ok']} failed={failed} "
           f"{dict((k, v) for k, v in counts.items() if k != 'ok')}")
     print(f"rate: {counts['ok'] / result['elapsed']:.0f} req/s over {result['elapsed']:.1f} s; "

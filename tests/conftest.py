@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,3 +51,18 @@ def subprocess_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 PYTHON = sys.executable
+
+
+@contextlib.contextmanager
+def busy_cores(count: int | None = None) -> Iterator[None]:
+    """A busy-loop process per core (or ``count``) for the duration: a guarantee is tested on a
+    saturated machine, not only an idle one (STYLE 15)."""
+    burners = [subprocess.Popen([PYTHON, "-c", "while True: pass"])
+               for _ in range(count or os.cpu_count() or 2)]
+    try:
+        yield
+    finally:
+        for burner in burners:
+            burner.kill()
+        for burner in burners:
+            burner.wait()

@@ -56,6 +56,29 @@ def test_web_and_worker_under_up(up: UpFactory, db_url: str,
     assert tagged(proc.tag) == []
 
 
+def test_rolling_restarts_reset_no_request(up: UpFactory,
+                                          subprocess_env: dict[str, str]) -> None:
+    """Issue 10: 10 rolling restarts of web=2 while 12 clients open a new connection per
+    request (``GET /`` answered at once): tens of thousands of requests, none reset."""
+    subprocess_env.update(CRASHONLY_SECRET_KEY="test-only")
+    proc = up(f"web: {PYTHON} -m crashonly.cli web tests.web.apps:hello --fd 3\n",
+              "--formation", "web=2", "--timeout", "10")
+    port = proc.port()
+    for label in ("web.1", "web.2"):
+        proc.wait_for(rf"{label} \(pid \d+\) ready in .* \(READY=1\)", timeout=20)
+    load = Load(port, clients=12)
+    try:
+        for _ in range(10):
+            result = proc.ctl("restart")
+            assert result.returncode == 0, result.stderr + proc.text()
+        time.sleep(0.3)
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    assert load.ok > 10_000, load.ok
+    assert proc.count(r"rolling restart done in .*: web\.1 web\.2") == 10
+
+
 def test_the_example_shop_procfile(tmp_path: Path, db_url: str,
                                    subprocess_env: dict[str, str]) -> None:
     """The README's `crashonly up -f examples/shop/Procfile`: an order placed on the web

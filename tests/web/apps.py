@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import time
+from pathlib import Path
 from typing import Any
 
 Scope = dict[str, Any]
@@ -24,7 +27,7 @@ async def hello(scope: Scope, receive: Any, send: Any) -> None:
         await send({"type": "lifespan.shutdown.complete"})
         return
     path = scope["path"]
-    if scope["method"] == "POST":
+    if scope["method"] == "POST" and path != "/sleep":
         body = b""
         while True:
             message = await receive()
@@ -51,3 +54,25 @@ def wsgi_hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 
+
+
+async def blocking(scope: Scope, receive: Any, send: Any) -> None:
+    """``/block`` calls ``time.sleep(20)`` inside the async handler (a bug that blocks the
+    event loop); anything else says hello."""
+    if scope["type"] == "http" and scope["path"] == "/block":
+        time.sleep(20)
+    await hello(scope, receive, send)
+
+
+def wsgi_orders(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """``POST /order?after=S&id=N``: after S seconds, writes ``$ORDERS_DIR/N`` (the side effect)
+    and answers 201; ``/sleep``: sleeps 30 s."""
+    query = dict(pair.partition("=")[::2] for pair in environ["QUERY_STRING"].split("&") if pair)
+    if environ["PATH_INFO"] == "/sleep":
+        time.sleep(30)
+    elif environ["PATH_INFO"] == "/order":
+        time.sleep(float(query.get("after", "0")))
+        (Path(os.environ["ORDERS_DIR"]) / query["id"]).write_text("placed")
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        return [b"placed"]
+    return wsgi_hello(environ, start_response)

@@ -6,10 +6,16 @@ Every signalled process is watched through a pidfd, which becomes readable the m
 even though it is not our child, so the time from SIGTERM to exit is measured exactly. A process
 still alive ``stop_timeout`` seconds after SIGTERM ignored it (D3/D4 violated): it gets SIGKILL,
 and the kill is marked *escalated*.
+
+A SIGKILL is excused for exactly the HTTP requests it cut, so before it the process group is
+frozen (SIGSTOP: it can accept, answer or close nothing more) and the connections it holds are
+read from ``/proc`` (its socket descriptors, matched by inode with ``/proc/<pid>/net/tcp``): the
+client ports of those on a web port are recorded with the kill (see verify.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import selectors
@@ -96,6 +102,9 @@ class Killer:
             return  # gone already (up's status was a moment old)
         kill = Kill(t=self.recording.now(), name=name, pid=pid, signal=signame)
         try:
+            if signame == "KILL":
+                kill.cut_ports = self._freeze(pid)
+                kill.t = self.recording.now()
             os.killpg(pid, SIGNALS[signame])
         except (ProcessLookupError, PermissionError):
             os.close(fd)
@@ -135,9 +144,17 @@ class Killer:
                 watch.deadline = None
                 watch.kill.escalated = True
                 try:
+                    watch.kill.cut_ports = self._freeze(watch.kill.pid)
                     os.killpg(watch.kill.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
+
+    def _freeze(self, pgid: int) -> list[int]:
+        """SIGSTOP the group, wait until it is stopped, return the client ports of the HTTP
+        connections it holds (the caller SIGKILLs it next)."""
+        os.killpg(pgid, signal.SIGSTOP)
+        return held_connections(group_pids(pgid, stopped=True),
+                                set(self.supervised.ports.values()))
 
     def _gone(self, pid: int) -> None:
         with self.lock:
@@ -150,6 +167,58 @@ class Killer:
             record = self.recording.processes.get(pid)
             if record is not None and watch.kill.signal != "KILL" and not watch.kill.escalated:
                 record.stop_seconds = watch.kill.stop_seconds
+
+
+def group_pids(pgid: int, *, stopped: bool = False, timeout: float = 1.0) -> list[int]:
+    """The processes of group ``pgid``; with ``stopped``, once all are seen stopped (a SIGSTOP
+    is pending until the target next leaves the kernel) or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        members: dict[int, str] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                members[int(entry)] = fields[0].decode()
+        if not stopped or time.monotonic() > deadline or all(
+                state in ("T", "t", "Z", "X") for state in members.values()):
+            return list(members)
+        time.sleep(0.001)
+
+
+def held_connections(pids: list[int], ports: set[int]) -> list[int]:
+    """Remote ports of the TCP connections ``pids`` hold whose local port is in ``ports``."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+        except OSError:
+            continue
+    remote: set[int] = set()
+    for pid in pids[:1]:  # one network namespace for the group
+        for table in ("tcp", "tcp6"):
+            try:
+                with open(f"/proc/{pid}/net/{table}") as f:
+                    lines = f.read().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                local, peer, state, inode = fields[1], fields[2], fields[3], fields[9]
+                if state == "0A":  # LISTEN: the shared socket itself, not a connection
+                    continue
+                if inode in inodes and int(local.rsplit(":", 1)[1], 16) in ports:
+                    remote.add(int(peer.rsplit(":", 1)[1], 16))
+    return sorted(remote)
 
 
 def restart_database(command: str, recording: Recording, *, timeout: float = 120.0) -> DbRestart:

@@ -146,13 +146,18 @@ class HttpLoad:
     def _one(self) -> Request:
         start = self.recording.now()
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+        port = None  # ours: a SIGKILL is blamed only if the killed process held this connection
         try:
+            conn.connect()
+            assert conn.sock is not None
+            port = int(conn.sock.getsockname()[1])
             conn.request("GET", self.path, headers={"Connection": "close"})
             response = conn.getresponse()
             response.read()
-            return Request(start=start, end=self.recording.now(), status=response.status)
+            return Request(start=start, end=self.recording.now(), status=response.status,
+                           port=port)
         except (OSError, http.client.HTTPException) as exc:
             return Request(start=start, end=self.recording.now(), status=None,
-                           error=f"{type(exc).__name__}: {exc}"[:200])
+                           error=f"{type(exc).__name__}: {exc}"[:200], port=port)
         finally:
             conn.close()

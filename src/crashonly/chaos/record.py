@@ -35,6 +35,9 @@ class Kill:
     exited: float | None = None  # when the process was seen gone
     escalated: bool = False  # it outlived --stop-timeout after SIGTERM and was SIGKILLed
     back: float | None = None  # when a new process of the same name was ready again
+    # The client ports of the HTTP connections the process held when it was SIGKILLed (its
+    # process group frozen first, so none came or went): the requests that SIGKILL cut.
+    cut_ports: list[int] | None = None
 
     @property
     def stop_seconds(self) -> float | None:
@@ -47,6 +50,7 @@ class Request:
     end: float
     status: int | None  # None: no response (connection reset, timeout...)
     error: str | None = None
+    port: int | None = None  # the client's local port, once connected
 
     @property
     def failed(self) -> bool:

@@ -7,11 +7,12 @@
   counted, not a violation — a plain task may run again after a crash — from the workers'
   ``started job=…`` lines and the job's recorded deaths (a lower bound: a SIGKILLed worker's last
   unflushed lines are lost with it).
-* **HTTP**: a request that got no answer while a web process it may have been talking to was
-  being SIGKILLed is *expected* (nothing can save a request whose process vanished) and counted;
-  any other failure — a reset at a SIGTERM (the web process did not drain), a 5xx, a timeout — is
-  a violation. Attribution is by time: the request was in flight between the SIGKILL and the
-  process's death.
+* **HTTP**: a request that got no answer because the web process holding its connection was
+  SIGKILLed is *expected* (nothing can save a request whose process vanished) and counted; any
+  other failure — a reset at a SIGTERM (the web process did not drain), a 5xx, a timeout, a
+  request that was only queued on the socket or held by another process — is a violation. The
+  attribution is exact, not by time: the killer lists the connections the process holds (its
+  process group frozen with SIGSTOP first) and the client records its own port.
 * **Processes**: every SIGTERMed process exited within ``--stop-timeout``; the formation was
   whole again after the faults; ``up`` stopped everything at the end without SIGKILL.
 """
@@ -135,11 +136,12 @@ def check_task_jobs(jobs: dict[int, Job | None], ids: list[int], starts: Counter
 
 
 def _cut_by_kill(request: Request, kills: list[Kill]) -> bool:
-    for kill in kills:
-        died = kill.exited if kill.exited is not None else kill.t + 1.0
-        if request.start <= died + 0.05 and request.end >= kill.t:
-            return True
-    return False
+    """The killed process held this request's connection when the SIGKILL came (faults.py
+    listed its connections with the process frozen; the client recorded its own port)."""
+    if request.port is None:
+        return False
+    return any(kill.cut_ports is not None and request.port in kill.cut_ports
+               and request.start <= kill.t <= request.end for kill in kills)
 
 
 def http_split(requests: list[Request], kills: list[Kill], http_type: str

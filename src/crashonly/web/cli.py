@@ -184,7 +184,7 @@ def main(argv: list[str], prog: str = "crashonly web", command: str = "web") -> 
             access_log=args.access_log,
             root_path=args.root_path, proxy_headers=args.proxy_headers,
             forwarded_allow_ips=args.forwarded_allow_ips,
-            shared=args.fd is not None or bool(os.environ.get("LISTEN_FDS")),
+            shared=args.fd is not None or bool(os.environ.get("LISTEN_FDS")), wsgi=wsgi,
             limits=Limits(max_connections=args.max_connections, body_timeout=args.body_timeout),
         )
         log.info("serving %s (%s) on uvicorn %s", args.app, "WSGI" if wsgi else "ASGI",

@@ -12,7 +12,9 @@ puts around the user's app:
   send another one there (a bare FIN after the response races with that next request);
 * a request still running when the grace period ends is cancelled; if it had not started its
   response it gets ``503`` with ``Retry-After: 0`` instead of the server's generic 500, so the
-  client knows another process will take the retry;
+  client knows another process will take the retry — but only when a retry is harmless
+  (:func:`retry_is_safe`); any other request's connection is closed by the server before the
+  cancel, so it gets no answer it could take for "not done";
 * long-running responses (long-polls, server-sent events) find the :class:`Drain` event in the
   ASGI scope (``scope["extensions"]["crashonly.drain"]["event"]``, see :func:`drain_event`)
   and end early with a reconnect hint instead of holding the process up until the grace ends.
@@ -26,7 +28,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["EXTENSION", "Drain", "FrontDoor", "drain_event"]
+__all__ = ["EXTENSION", "IDEMPOTENT", "Drain", "FrontDoor", "drain_event", "retry_is_safe"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,6 +38,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 EXTENSION = "crashonly.drain"
 _CLOSE = (b"connection", b"close")
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110 9.2.2
+
+
+def retry_is_safe(scope: Scope, *, wsgi: bool) -> bool:
+    """May a request cut at the grace period be answered "503, retry"? Only when its work stops
+    with the cancel (ASGI: a WSGI handler's thread runs on) and a second run is harmless (an
+    idempotent method): a POST cut half-way may have placed the order already."""
+    return not wsgi and scope.get("method", "GET") in IDEMPOTENT
 
 
 class Drain:

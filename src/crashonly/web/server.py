@@ -10,7 +10,9 @@ Stopping, on the first SIGTERM/SIGINT (one function, :meth:`CrashonlyServer.shut
 
 1. :class:`~crashonly.web.drain.Drain` begins: ``/readyz`` says 503, responses say
    ``Connection: close``, long-polls and event streams end with a reconnect hint.
-2. Connections already waiting in the accept queue are accepted, *then* our listening
+2. We stop accepting and let the connections asyncio already accepted reach uvicorn
+   (:meth:`CrashonlyServer._stop_accepting`). Connections still waiting in the accept queue are
+   accepted (unless siblings share the socket: then they are theirs), *then* our listening
    descriptors are closed. uvicorn closes the listener first and resets a connection it has
    accepted but whose request it has not read yet (uvicorn PR #3124); here every connection
    that completed its handshake with this process gets its request served. Closing, never
@@ -20,8 +22,13 @@ Stopping, on the first SIGTERM/SIGINT (one function, :meth:`CrashonlyServer.shut
    a request already on its way; one that comes is served with ``Connection: close`` (so the
    client is told, rather than racing a bare FIN with its next request), then they are closed.
    Before closing, the socket is checked for bytes the loop has not read yet.
-4. At ``grace`` seconds whatever still runs is cancelled (the client gets 503 + ``Retry-After``
-   if its response had not started) and closed; the lifespan shutdown runs; exit 0.
+4. At ``grace`` seconds after the signal whatever still runs is cancelled and closed: the client
+   gets 503 + ``Retry-After`` if its response had not started and a retry is harmless
+   (:func:`~crashonly.web.drain.retry_is_safe`), else no answer at all; the lifespan shutdown
+   runs; exit 0.
+5. Whatever the handlers do, the process is gone ``grace`` + :data:`~crashonly.web.deadline.MARGIN`
+   seconds after the signal (:class:`~crashonly.web.deadline.HardDeadline`). :func:`serve`
+   therefore owns its process: it is ``crashonly web``'s, not a library call to embed.
 
 A second signal skips the waiting. Slow clients are bounded too: a request head must arrive
 within ``header_timeout`` of the connection (or of the previous response) or the connection is
@@ -36,6 +43,7 @@ import logging
 import os
 import select
 import socket
+import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +52,8 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..lifecycle import Shutdown, notify
-from .drain import ASGIApp, Drain, FrontDoor
+from .deadline import HardDeadline
+from .drain import ASGIApp, Drain, FrontDoor, retry_is_safe
 from .limits import Limits, guard, guard_loop, limit_connections
 from .listeners import describe
 
@@ -77,6 +86,8 @@ class ServeOptions:
     # Inherited from a process manager (--fd, LISTEN_FDS): siblings keep accepting from it.
     shared: bool = False
     limits: Limits = field(default_factory=Limits)  # connections, bodies: see limits.py
+    # A WSGI app (run in threads by a2wsgi): cancelling its request does not stop its work.
+    wsgi: bool = False
 
 
 # --- connections --------------------------------------------------------------------------
@@ -148,6 +159,13 @@ def _drain_connection(conn: Any) -> None:
     _arm(conn, conn.config._co_idle_linger)
 
 
+def _no_retry(conn: Any, *, wsgi: bool) -> bool:
+    """A request is running on ``conn`` that must not be answered "retry" (see drain)."""
+    cycle = getattr(conn, "cycle", None)  # None on a websocket connection
+    return (cycle is not None and not cycle.response_complete
+            and not retry_is_safe(cycle.scope, wsgi=wsgi))
+
+
 def _lost(conn: Any) -> None:
     timer: asyncio.TimerHandle | None = getattr(conn, "_co_timer", None)
     if timer is not None:
@@ -202,12 +220,14 @@ class CrashonlyServer(uvicorn.Server):
     """uvicorn's server with our signals, readiness and drain (see the module docstring)."""
 
     def __init__(self, config: uvicorn.Config, *, listeners: list[socket.socket],
-                 options: ServeOptions, drain: Drain, stop: Shutdown) -> None:
+                 options: ServeOptions, drain: Drain, stop: Shutdown,
+                 deadline: HardDeadline) -> None:
         super().__init__(config)
         self.listeners = listeners
         self.options = options
         self.drain = drain
         self.stop = stop
+        self.deadline = deadline
         self._wake = asyncio.Event()
         self.exit_reason = ""
 
@@ -252,6 +272,24 @@ class CrashonlyServer(uvicorn.Server):
 
         return create
 
+    async def _stop_accepting(self) -> None:
+        """Stop taking connections, and let those already taken reach uvicorn.
+
+        asyncio accepts a burst of connections in one callback and hands each to a task that
+        builds its transport on a later loop iteration; that transport registers with its
+        ``Server``, which asserts the server is still open. ``Server.close()`` in between
+        makes the task fail silently, and the socket it accepted is closed when the process
+        exits: the kernel resets the connection (its request is unread). So: unregister the
+        listening descriptors first (no new accepts), let the pending tasks run (each yield
+        runs everything scheduled before it: one builds the transports, the next runs
+        ``connection_made``), and only then close the servers."""
+        loop = asyncio.get_running_loop()
+        for listener in self.listeners:
+            with contextlib.suppress(ValueError, OSError):  # not a selector loop's reader
+                loop.remove_reader(listener.fileno())
+        for _ in range(3):
+            await asyncio.sleep(0)
+
     def _take_accept_queue(self) -> list[socket.socket]:
         taken: list[socket.socket] = []
         for listener in self.listeners:
@@ -269,13 +307,16 @@ class CrashonlyServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        # Counted from the signal, not from now: a handler that blocked the loop delays this.
+        started = loop.time() - self.deadline.since_signal()
         deadline = started + self.options.grace
+        hard_deadline = deadline + self.deadline.margin
         self.drain.begin()
         notify("STOPPING=1")
-        # 1-2. take what is queued, then close our descriptors (never shutdown(): see listeners).
-        # On a socket shared with siblings the queue is theirs to serve: a connection taken
-        # now would meet a process on its way out.
+        # 1-2. stop accepting, take what is queued, then close our descriptors (never
+        # shutdown(): see listeners). On a socket shared with siblings the queue is theirs to
+        # serve: a connection taken now would meet a process on its way out.
+        await self._stop_accepting()
         queued = [] if self.options.shared else self._take_accept_queue()
         for server in self.servers:
             server.close()
@@ -284,10 +325,6 @@ class CrashonlyServer(uvicorn.Server):
         factory = self._protocol_factory()
         for conn in queued:
             await loop.connect_accepted_socket(factory, conn, ssl=self.config.ssl)
-        # asyncio hands each connection it accepted to a task that builds the transport; one
-        # accepted just before the close may not have reached uvicorn's bookkeeping yet. Let
-        # those tasks run, or the drain below would not see (and exit would reset) them.
-        await asyncio.sleep(0.05)
         state = self.server_state
         log.info("draining: %d connection(s), %d request(s) in flight, %d taken from the "
                  "accept queue", len(state.connections), len(state.tasks), len(queued))
@@ -298,26 +335,39 @@ class CrashonlyServer(uvicorn.Server):
             if self.stop.immediate.is_set():
                 break
             await asyncio.sleep(0.01)
-        # 4. past the grace: cancel and close what remains
+        # 4. past the grace: cancel and close what remains. A request whose work may go on
+        # after the cancel (a WSGI thread) or be half done (not idempotent) gets no answer at
+        # all: its connection is closed first, so the 503 "retry" below is never sent for it
+        # (a client that retried as told would place the order twice).
         cut = len(state.tasks)
         if state.tasks or state.connections:
             log.warning("grace period over: cancelling %d request(s), closing %d connection(s)",
                         cut, len(state.connections))
+            for connection in list(state.connections):
+                if _no_retry(connection, wsgi=self.options.wsgi):
+                    connection.transport.close()
             for task in list(state.tasks):
                 task.cancel()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*state.tasks, return_exceptions=True), 0.5)
+                await asyncio.wait_for(asyncio.gather(*state.tasks, return_exceptions=True), 0.3)
             for connection in list(state.connections):
                 connection.transport.close()
             await asyncio.sleep(0)
         if not self.stop.immediate.is_set():
             try:
                 await asyncio.wait_for(self.lifespan.shutdown(),
-                                       max(1.0, deadline - loop.time()))
+                                       max(0.1, hard_deadline - 0.2 - loop.time()))
             except TimeoutError:
                 log.warning("lifespan shutdown did not finish in time")
         log.info("stopped %.3f s after the signal (%d request(s) cut at the grace period)",
                  loop.time() - started, cut)
+
+
+def _still_running(server: CrashonlyServer) -> str:
+    threads = [t.name for t in threading.enumerate()
+               if not t.daemon and t is not threading.main_thread()]
+    return (f"{len(server.server_state.tasks)} request(s), "
+            f"{len(threads)} thread(s) ({', '.join(threads) or 'none'})")
 
 
 def serve(app: ASGIApp, listeners: list[socket.socket], options: ServeOptions,
@@ -340,7 +390,9 @@ def serve(app: ASGIApp, listeners: list[socket.socket], options: ServeOptions,
     config._co_idle_linger = options.idle_linger  # type: ignore[attr-defined]
     stop = stop or Shutdown()
     stop.install()
-    server = CrashonlyServer(config, listeners=listeners, options=options, drain=drain, stop=stop)
+    deadline = HardDeadline(stop, options.grace, running=lambda: _still_running(server))
+    server = CrashonlyServer(config, listeners=listeners, options=options, drain=drain, stop=stop,
+                             deadline=deadline.start())
     try:
         server.run(sockets=listeners)
     except SystemExit as exc:  # uvicorn exits this way when the lifespan startup fails
