@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 
 def test_a_sigkill_excuses_only_the_requests_its_process_held(
         subprocess_env: dict[str, str]) -> None:
-    env = dict(subprocess_env, CRASHONLY_SECRET_KEY="test-only")
+    env = dict(subprocess_env, CRASHONLY_SECRET_KEY="test-only-not-a-secret-session-key-0123456789")
     sock = listening_socket()  # held here, as `up` holds it
     port = sock.getsockname()[1]
     web = Web("tests.web.apps:hello", env, sock=sock).ready()

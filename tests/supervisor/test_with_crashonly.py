@@ -60,7 +60,7 @@ def test_rolling_restarts_reset_no_request(up: UpFactory,
                                           subprocess_env: dict[str, str]) -> None:
     """Issue 10: 10 rolling restarts of web=2 while 12 clients open a new connection per
     request (``GET /`` answered at once): tens of thousands of requests, none reset."""
-    subprocess_env.update(CRASHONLY_SECRET_KEY="test-only")
+    subprocess_env.update(CRASHONLY_SECRET_KEY="test-only-not-a-secret-session-key-0123456789")
     proc = up(f"web: {PYTHON} -m crashonly.cli web tests.web.apps:hello --fd 3\n",
               "--formation", "web=2", "--timeout", "10")
     port = proc.port()

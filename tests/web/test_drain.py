@@ -20,7 +20,7 @@ HELLO = "tests.web.apps:hello"
 
 @pytest.fixture
 def env(subprocess_env: dict[str, str]) -> dict[str, str]:
-    subprocess_env["CRASHONLY_SECRET_KEY"] = "test-secret"
+    subprocess_env["CRASHONLY_SECRET_KEY"] = "test-only-not-a-secret-session-key-0123456789"
     return subprocess_env
 
 
