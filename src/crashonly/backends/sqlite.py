@@ -32,14 +32,23 @@ from ..errors import (
     SchemaError,
     StaleLease,
 )
-from ..job import Job, JobState, NewJob, Reservation, Settlement, SettlementKind, job_from_row
+from ..job import (
+    Existing,
+    Job,
+    JobState,
+    NewJob,
+    Reservation,
+    Settlement,
+    SettlementKind,
+    job_from_row,
+)
 from ..liveness import ProcessIdentity, is_alive
 from .base import Capabilities, RecoveryReport, WorkerInfo
 from .sql import load_queries
 
 __all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 Q = load_queries("sqlite.sql")
 _SYNC_MODES = {"FULL", "NORMAL", "EXTRA", "OFF"}
 _PURGE_EVERY = 60.0
@@ -309,11 +318,16 @@ class SQLiteBackend:
                     continue
                 named = {"task": j.task, "queue": j.queue, "state": row[2], "priority": j.priority,
                          "payload": j.payload, "max_attempts": j.max_attempts, "lease": j.lease,
-                         "run_at": j.run_at, "now": now, "unique_key": j.unique_key}
+                         "run_at": j.run_at, "now": now, "unique_key": j.unique_key,
+                         "key_done_for": j.unique_after_done,
+                         "key_buried": int(j.unique_while_buried)}
+                conn.execute(Q["release_key"], named)
                 got = conn.execute(Q["insert_unique_job"], named).fetchone()
-                if got is None:
-                    got = conn.execute(Q["find_unique"], named).fetchone()
-                ids.append(got[0])
+                if got is not None:
+                    ids.append(got[0])
+                else:  # under the write lock, the holder is still there
+                    held = conn.execute(Q["find_unique"], named).fetchone()
+                    ids.append(Existing(held[0], held[1]))
             return ids
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
@@ -541,7 +555,7 @@ class SQLiteBackend:
                 promoted = conn.execute(Q["promote"], {"now": now}).rowcount
                 purged = 0
                 if purge:
-                    purged = conn.execute(Q["purge"], {"before": now - retention}).rowcount
+                    purged = conn.execute(Q["purge"], {"before": now - retention, "now": now}).rowcount
                     self._last_purge = now
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
