@@ -316,7 +316,10 @@ class App:
         while_buried = opts.unique_while_buried
         return NewJob(
             task=limits.name(name, "task name"),
-            queue=limits.name(opts.queue or (task.queue if task else "default"), "queue"),
+            queue=limits.name(
+                opts.queue if opts.queue is not None else (task.queue if task else "default"),
+                "queue",
+            ),
             payload=codec.encode_payload(name, args, kwargs),
             priority=limits.whole(
                 opts.priority if opts.priority is not None else (task.priority if task else 100),
