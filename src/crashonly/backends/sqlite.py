@@ -7,6 +7,12 @@
   busy handler can wait for it (a deferred transaction that upgrades to a writer can fail
   with ``SQLITE_BUSY`` no matter how long it waits).
 * One connection per thread; ``:memory:`` has a single shared connection behind a lock.
+* Files are created 0600 (the queue holds job arguments and results); the -wal and -shm files
+  SQLite creates take the database file's mode. An existing file's mode is left as it is.
+* ``journal_size_limit``: the WAL shrinks back to 4 MiB whenever it restarts after a
+  checkpoint, so a burst (one huge transaction, a disk-full incident) does not leave it
+  occupying the volume for good, and recovery's purge pass (once a minute) empties it when
+  nobody is using it. A full disk is a :class:`BackendUnavailable` that says so.
 * Death detection: workers register pid + process start time + boot id; any live process's
   recovery returns the jobs of a dead one (see :mod:`crashonly.liveness`).
 * Throughput comes from fewer commits per job: claims in batches, and a batch's
@@ -15,6 +21,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -52,6 +59,7 @@ SCHEMA_VERSION = 3
 Q = load_queries("sqlite.sql")
 _SYNC_MODES = {"FULL", "NORMAL", "EXTRA", "OFF"}
 _PURGE_EVERY = 60.0
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024  # a little above the WAL of one autocheckpoint period
 _SETTLE = {
     SettlementKind.ACK: Q["ack"],
     SettlementKind.RELEASE: Q["release"],
@@ -77,6 +85,15 @@ def _writable(path: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def create_private(path: str) -> None:
+    """Create the database file readable by its owner only, unless it exists (then its mode,
+    chosen by someone, is kept). O_EXCL: when two processes race, one creates, both go on."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
 
 
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -148,6 +165,8 @@ class SQLiteBackend:
     # --- connections ------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         try:
+            if not self.memory:
+                create_private(self.path)
             conn = sqlite3.connect(
                 self.path,
                 isolation_level=None,
@@ -159,8 +178,9 @@ class SQLiteBackend:
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise BackendUnavailable(f"cannot put {self.path} in WAL mode (got {mode})")
+                conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise self._translate(exc) from exc
         with self._connections_lock:
             self._connections.append(conn)
@@ -181,9 +201,15 @@ class SQLiteBackend:
                 self._ensure_schema(conn)
         return conn
 
-    def _translate(self, exc: sqlite3.Error) -> BackendError:
+    def _translate(self, exc: sqlite3.Error | OSError) -> BackendError:
         text = str(exc)
         where = self.path
+        if "disk is full" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+            return BackendUnavailable(
+                f"database {where}: the disk is full, so nothing can be written (what was "
+                "acknowledged is kept; the failed write changed nothing): free space on its "
+                "volume, and writes go on"
+            )
         if "readonly" in text or "read-only" in text:
             return BackendUnavailable(
                 f"database {where} is read-only: give this process write access to the file "
@@ -200,7 +226,7 @@ class SQLiteBackend:
                 f"database {where} is corrupt or not an SQLite file ({text}): restore it from "
                 "a backup or point DATABASE_URL at another file"
             )
-        if "unable to open" in text:
+        if "unable to open" in text or isinstance(exc, OSError):
             if not self.memory and not _writable(self.path):
                 return BackendUnavailable(
                     f"database {where} is read-only: give this process write access to the "
@@ -559,9 +585,26 @@ class SQLiteBackend:
                     self._last_purge = now
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
+        if purge:
+            self._truncate_wal()
         return RecoveryReport(
             dead_workers=dead, requeued=requeued, buried=buried, promoted=promoted, purged=purged
         )
+
+    def _truncate_wal(self) -> None:
+        """Checkpoint and empty the WAL if nobody is using it right now (never waiting: with
+        the busy handler off, a reader or writer makes this a no-op until the next pass)."""
+        if self.memory:
+            return
+        with self._lock:
+            conn = self.conn
+            try:
+                conn.execute("PRAGMA busy_timeout=0")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.DatabaseError:
+                pass  # busy, or the disk is full: the next pass tries again
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
 
     def register_worker(self, info: WorkerInfo) -> None:
         from ..liveness import this_process
