@@ -15,7 +15,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Existing", "Job", "JobState", "NewJob", "Reservation", "Settlement", "SettlementKind", "job_from_row"]
+__all__ = [
+    "Existing", "Job", "JobState", "NewJob", "Reservation", "Settlement", "SettlementKind",
+    "job_from_row",
+]
 
 
 class JobState(enum.StrEnum):

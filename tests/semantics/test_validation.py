@@ -55,7 +55,7 @@ def test_a_lone_surrogate_in_an_argument_is_named(app: crashonly.App) -> None:
     def load(path: str, *, mode: str = "r") -> None: ...
 
     name = os.fsdecode(b"/data/\xff.csv")  # an everyday non-UTF-8 file name
-    with pytest.raises(crashonly.SerializationError, match="argument 0 of .*lone surrogate"):
+    with pytest.raises(crashonly.SerializationError, match=r"argument 0 of .*lone surrogate"):
         load.enqueue(name)
     with pytest.raises(crashonly.SerializationError, match="keyword argument 'mode'"):
         load.enqueue("ok", mode=name)

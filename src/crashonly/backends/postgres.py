@@ -362,8 +362,8 @@ class PostgresBackend:
                 }
                 if j.unique_key is None:
                     single = {k: [v] for k, v in row.items() if k != "now"}
-                    ids.append(conn.execute(self.q["insert_jobs"], {**single, "now": now})
-                               .fetchone()[0])
+                    [[job_id]] = conn.execute(self.q["insert_jobs"], {**single, "now": now})
+                    ids.append(job_id)
                 else:
                     ids.append(self._put_unique(conn, j, {
                         **row, "unique_key": j.unique_key, "key_done_for": j.unique_after_done,

@@ -52,6 +52,7 @@ from ..job import (
 from ..liveness import ProcessIdentity, is_alive
 from .base import Capabilities, RecoveryReport, WorkerInfo
 from .sql import load_queries
+from .sqlite_lock import Revoker, describe_holder
 
 __all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
 
@@ -112,11 +113,11 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     if not path:
         raise ConfigError(f"malformed SQLite URL {url!r}: no file path after sqlite:///")
     options = dict(urllib.parse.parse_qsl(parts.query))
-    unknown = set(options) - {"synchronous", "busy_timeout"}
+    unknown = set(options) - {"synchronous", "busy_timeout", "transaction_timeout"}
     if unknown:
         raise ConfigError(
             f"unknown SQLite URL option(s) {', '.join(sorted(unknown))} in {url!r}; "
-            "known: synchronous=FULL|NORMAL, busy_timeout=SECONDS"
+            "known: synchronous=FULL|NORMAL, busy_timeout=SECONDS, transaction_timeout=SECONDS"
         )
     sync = options.get("synchronous", "FULL").upper()
     if sync not in _SYNC_MODES:
@@ -137,6 +138,14 @@ class SQLiteBackend:
             self.busy_timeout = float(options.get("busy_timeout", "30"))
         except ValueError:
             raise ConfigError(f"busy_timeout in {url!r} must be a number of seconds") from None
+        try:
+            self.transaction_timeout = float(options.get("transaction_timeout", "10"))
+        except ValueError:
+            self.transaction_timeout = -1.0
+        if not 0 < self.transaction_timeout < float("inf"):
+            raise ConfigError(
+                f"transaction_timeout in {url!r} must be a positive number of seconds"
+            )
         self.capabilities = Capabilities(
             transactional=True, death_detection="pid", multi_process=not self.memory
         )
@@ -216,10 +225,11 @@ class SQLiteBackend:
                 "and its folder (SQLite writes -wal and -shm files beside it)"
             )
         if "locked" in text or "busy" in text:
+            holder = None if self.memory else describe_holder(self.path)
             return BackendUnavailable(
                 f"database {where} is locked by another process for longer than "
-                f"{self.busy_timeout:g} s: find the process holding it, or raise "
-                "?busy_timeout= in the URL"
+                f"{self.busy_timeout:g} s: "
+                + (holder or "find the process holding it, or raise ?busy_timeout= in the URL")
             )
         if "not a database" in text or "malformed" in text or "corrupt" in text:
             return BackendUnavailable(
@@ -491,7 +501,18 @@ class SQLiteBackend:
     ) -> str | None:
         try:
             with self._write() as conn:
-                result = fn(conn)
+                # Past transaction_timeout the job's transaction is rolled back from a
+                # watchdog thread, so it cannot keep every other writer waiting.
+                limit = None if self.memory else self.transaction_timeout
+                revoker = Revoker(conn, limit).start()
+                try:
+                    result = fn(conn)
+                except BaseException as exc:
+                    if revoker.finish() or not isinstance(exc, Exception):
+                        raise
+                    raise self._held_too_long(reservation) from None
+                if not revoker.finish():
+                    raise self._held_too_long(reservation)
                 params = {
                     "id": reservation.job.id, "token": reservation.token,
                     "now": clock(), "result": result,
@@ -505,19 +526,23 @@ class SQLiteBackend:
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
 
+    def _held_too_long(self, reservation: Reservation) -> BackendError:
+        return BackendError(
+            f"job {reservation.job.id} held SQLite's write lock longer than its "
+            f"transaction_timeout of {self.transaction_timeout:g} s, so its transaction was "
+            "rolled back (every other writer waits meanwhile): make the job shorter, raise "
+            "?transaction_timeout= in the URL, or use PostgreSQL"
+        )
+
     def transaction(self) -> AbstractContextManager[Any]:
         return self._write()
 
     def abort(self, connection: Any) -> None:
         """Roll back a transaction another thread left open: a transactional job that outlived
         the shutdown grace holds SQLite's write lock, and the worker must release its jobs
-        before exiting. (SQLite connections are serialized, so this is safe across threads.)"""
-        try:
-            connection.interrupt()
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+        before exiting. The job's thread may still run: its later statements are refused
+        rather than committed one by one (see :class:`~.sqlite_lock.Revoker`)."""
+        Revoker(connection, None).revoke()
 
     # --- recovery and workers -----------------------------------------------------------------
     def _dead_workers(self) -> list[str]:
