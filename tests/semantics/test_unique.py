@@ -209,3 +209,43 @@ def test_bad_unique_options(app: crashonly.App) -> None:
 
     with pytest.raises(ValueError, match="unique_after_done"):
         t.options(unique_key="k", unique_after_done=float("nan")).enqueue()
+
+
+def test_racing_enqueues_store_one_job_per_key(app: crashonly.App, clock: FakeClock) -> None:
+    """Schedulers in parallel (own connections), each round with the previous holder done and
+    past its window: every round stores exactly one job, and every other enqueue says so."""
+    import threading
+
+    needs(app, "multi_process")
+
+    @app.task
+    def t(x: int) -> None: ...
+
+    schedulers = [crashonly.App(app.url, clock=clock) for _ in range(4)]
+    for s in schedulers:
+        s.task(name=t.name)(lambda x: None)
+    stored: list[int] = []
+    try:
+        for round_ in range(5):
+            barrier = threading.Barrier(len(schedulers))
+            handles: list[crashonly.JobHandle] = []
+
+            def enqueue(s: crashonly.App, n: int = round_, b: threading.Barrier = barrier) -> None:
+                b.wait()
+                handles.append(s.enqueue(t.name, args=[n], unique_key="k", unique_after_done=5))
+
+            threads = [threading.Thread(target=enqueue, args=(s,)) for s in schedulers]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(30)
+            assert len(handles) == len(schedulers)
+            assert len({h.id for h in handles}) == 1
+            assert sorted(h.duplicate for h in handles) == [False, True, True, True]
+            stored.append(handles[0].id)
+            app.drain()
+            clock.advance(6)
+        assert len(set(stored)) == 5
+    finally:
+        for s in schedulers:
+            s.close()
