@@ -225,6 +225,7 @@ def test_racing_enqueues_store_one_job_per_key(app: crashonly.App, clock: FakeCl
     for s in schedulers:
         s.task(name=t.name)(lambda x: None)
     stored: list[int] = []
+    errors: list[Exception] = []
     try:
         for round_ in range(5):
             barrier = threading.Barrier(len(schedulers))
@@ -232,14 +233,17 @@ def test_racing_enqueues_store_one_job_per_key(app: crashonly.App, clock: FakeCl
 
             def enqueue(s: crashonly.App, n: int = round_, b: threading.Barrier = barrier) -> None:
                 b.wait()
-                handles.append(s.enqueue(t.name, args=[n], unique_key="k", unique_after_done=5))
+                try:
+                    handles.append(s.enqueue(t.name, args=[n], unique_key="k", unique_after_done=5))
+                except Exception as exc:
+                    errors.append(exc)
 
             threads = [threading.Thread(target=enqueue, args=(s,)) for s in schedulers]
             for th in threads:
                 th.start()
             for th in threads:
                 th.join(30)
-            assert len(handles) == len(schedulers)
+            assert not errors and len(handles) == len(schedulers)
             assert len({h.id for h in handles}) == 1
             assert sorted(h.duplicate for h in handles) == [False, True, True, True]
             stored.append(handles[0].id)

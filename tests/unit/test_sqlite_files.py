@@ -98,3 +98,30 @@ def test_a_full_disk_loses_nothing_and_the_wal_shrinks_back(small_volume: Path) 
     assert app.stats()["default"]["done"] == 1500 + returned + 200
     assert wal.stat().st_size <= JOURNAL_SIZE_LIMIT
     app.close()
+
+
+def test_processes_opening_a_fresh_file_at_once_all_get_in(tmp_path: Path) -> None:
+    """Switching a fresh file to WAL is a race SQLite answers "locked" at once (no busy
+    handler): the losers used to fail with "locked for longer than 30 s"."""
+    import threading
+
+    errors: list[Exception] = []
+    for round_ in range(50):
+        apps = [crashonly.App(f"sqlite:///{tmp_path / f'fresh{round_}.db'}") for _ in range(6)]
+        barrier = threading.Barrier(len(apps))
+
+        def enqueue(app: crashonly.App, b: threading.Barrier = barrier) -> None:
+            b.wait()
+            try:
+                app.enqueue("t")
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=enqueue, args=(a,)) for a in apps]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for a in apps:
+            a.close()
+        assert not errors, f"round {round_}: {errors[0]}"

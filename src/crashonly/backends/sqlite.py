@@ -184,7 +184,7 @@ class SQLiteBackend:
                 cached_statements=256,
             )
             if not self.memory:
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                mode = self._wal_mode(conn)
                 if str(mode).lower() != "wal":
                     raise BackendUnavailable(f"cannot put {self.path} in WAL mode (got {mode})")
                 conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
@@ -194,6 +194,19 @@ class SQLiteBackend:
         with self._connections_lock:
             self._connections.append(conn)
         return conn
+
+    def _wal_mode(self, conn: sqlite3.Connection) -> str:
+        """Switch to WAL (persistent: a no-op once any process did it). On a fresh file,
+        processes opening it at once race for the switch, and SQLite answers the losers
+        "locked" at once, without its busy handler: wait for the winner instead."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.002)
 
     @property
     def conn(self) -> sqlite3.Connection:
