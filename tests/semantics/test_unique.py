@@ -231,10 +231,11 @@ def test_racing_enqueues_store_one_job_per_key(app: crashonly.App, clock: FakeCl
             barrier = threading.Barrier(len(schedulers))
             handles: list[crashonly.JobHandle] = []
 
-            def enqueue(s: crashonly.App, n: int = round_, b: threading.Barrier = barrier) -> None:
+            def enqueue(s: crashonly.App, n: int = round_, b: threading.Barrier = barrier,
+                        out: list[crashonly.JobHandle] = handles) -> None:
                 b.wait()
                 try:
-                    handles.append(s.enqueue(t.name, args=[n], unique_key="k", unique_after_done=5))
+                    out.append(s.enqueue(t.name, args=[n], unique_key="k", unique_after_done=5))
                 except Exception as exc:
                     errors.append(exc)
 
