@@ -11,6 +11,9 @@ claims, lease renewals, sessions) waits. Two things bound the harm:
   connection that is no longer in a transaction, where each statement would commit on its
   own: so first an authorizer that refuses every statement of any other thread is installed
   (installing one expires the prepared statements, so cached ones are checked again too).
+  Limit: a job that left a cursor half-read keeps SQLite's interrupt pending, so the rollback
+  may not get through; then the lock is freed at the job's next statement (refused, and SQLite
+  rolls the transaction back) or when it returns — never by committing its writes.
 * A process that is *stopped* (SIGSTOP, a debugger, a frozen container) runs no watchdog, and
   no other process can take a POSIX lock from it. Waiters then fail after ``busy_timeout``
   with :func:`describe_holder`: the holder's pid, command and state, and what to do.
@@ -23,6 +26,7 @@ import os
 import sqlite3
 import struct
 import threading
+import time
 from typing import Any
 
 __all__ = ["Revoker", "describe_holder"]
@@ -119,9 +123,24 @@ class Revoker:
                 return sqlite3.SQLITE_OK if threading.get_ident() == me else sqlite3.SQLITE_DENY
 
             try:
+                # Stop a statement running now first: installing the authorizer waits for the
+                # connection's mutex, which a running statement holds. Until the ROLLBACK the
+                # job is still inside its transaction, so nothing it runs meanwhile commits.
+                self.conn.interrupt()
                 self.conn.set_authorizer(only_me)
-                self.conn.interrupt()  # a statement running now stops
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
+                self._rollback()
             except sqlite3.Error:
                 pass  # the connection is closing: its transaction ends with it
+
+    def _rollback(self) -> None:
+        """SQLite keeps the interrupt pending while any statement of the connection is still
+        active (a half-read cursor of the job): retry a moment. If it stays, the transaction
+        ends when the job returns (refused statements make it fail), never committed."""
+        deadline = time.monotonic() + 1.0
+        while self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.OperationalError as exc:
+                if "interrupt" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
