@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from . import codec
+from . import codec, limits
 from .backends import Backend, RecoveryReport, WorkerInfo, open_backend
-from .errors import ConfigError, JobFailed, JobNotFound, JobTimeout
-from .job import Job, JobState, NewJob
+from .errors import ConfigError, InvalidJob, JobFailed, JobNotFound, JobTimeout
+from .job import Existing, Job, JobState, NewJob
 from .liveness import hostname
 
 __all__ = ["DEFAULT_URL", "App", "JobHandle", "Task", "TaskOptions"]
@@ -20,19 +20,29 @@ DEFAULT_URL = "sqlite:///crashonly.db"
 POISON_ENV = "CRASHONLY_POISON_AFTER"
 P = ParamSpec("P")
 R = TypeVar("R")
-_OPTIONS = frozenset({"delay", "run_at", "priority", "queue", "unique_key", "connection"})
+_OPTIONS = frozenset({"delay", "run_at", "priority", "queue", "unique_key", "unique_after_done",
+                      "unique_while_buried", "connection"})
 
 
 class JobHandle:
-    """What ``enqueue`` returns: the job's id, and a way to wait for its result."""
+    """What ``enqueue`` returns: the job's id, and a way to wait for its result.
 
-    __slots__ = ("app", "id")
+    ``duplicate`` is True when the enqueue stored nothing because another job of the task held
+    its unique key: ``id`` is that job's, and ``existing_state`` the state it was in (ready,
+    reserved... or done/buried when it keeps its key after finishing: its result or error is
+    the one ``wait`` gives)."""
 
-    def __init__(self, app: App, job_id: int) -> None:
+    __slots__ = ("app", "duplicate", "existing_state", "id")
+
+    def __init__(self, app: App, job_id: int, existing_state: JobState | None = None) -> None:
         self.app = app
-        self.id = job_id
+        self.id = int(job_id)
+        self.duplicate = existing_state is not None
+        self.existing_state = existing_state
 
     def __repr__(self) -> str:
+        if self.existing_state is not None:
+            return f"<JobHandle {self.id} duplicate of a {self.existing_state.value} job>"
         return f"<JobHandle {self.id}>"
 
     @property
@@ -68,6 +78,8 @@ class EnqueueOptions:
     priority: int | None = None
     queue: str | None = None
     unique_key: str | None = None
+    unique_after_done: float | None = None
+    unique_while_buried: bool | None = None
     connection: Any = None
 
 
@@ -93,7 +105,8 @@ class Task(Generic[P, R]):
     def __init__(
         self, app: App, fn: Callable[P, R], *, name: str, queue: str, priority: int,
         max_attempts: int, lease: float, retry_backoff: float | Callable[[int], float],
-        transactional: bool, timeout: float | None,
+        transactional: bool, timeout: float | None, unique_after_done: float = 0.0,
+        unique_while_buried: bool = False,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -105,6 +118,8 @@ class Task(Generic[P, R]):
         self.retry_backoff = retry_backoff
         self.transactional = transactional
         self.timeout = timeout
+        self.unique_after_done = unique_after_done
+        self.unique_while_buried = unique_while_buried
         self.is_async = _is_async(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -126,10 +141,12 @@ class Task(Generic[P, R]):
     def options(
         self, *, delay: float | None = None, run_at: float | None = None,
         priority: int | None = None, queue: str | None = None, unique_key: str | None = None,
+        unique_after_done: float | None = None, unique_while_buried: bool | None = None,
         connection: Any = None,
     ) -> TaskOptions[P, R]:
         opts = EnqueueOptions(delay=delay, run_at=run_at, priority=priority, queue=queue,
-                              unique_key=unique_key, connection=connection)
+                              unique_key=unique_key, unique_after_done=unique_after_done,
+                              unique_while_buried=unique_while_buried, connection=connection)
         return TaskOptions(self, opts)
 
 
@@ -206,23 +223,37 @@ class App:
         self, /, *, name: str | None = ..., queue: str = ..., priority: int = ...,
         max_attempts: int = ..., lease: float = ...,
         retry_backoff: float | Callable[[int], float] = ..., transactional: bool = ...,
-        timeout: float | None = ...,
+        timeout: float | None = ..., unique_after_done: float = ..., unique_while_buried: bool = ...,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
         self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
         queue: str = "default", priority: int = 100, max_attempts: int = 5, lease: float = 30.0,
         retry_backoff: float | Callable[[int], float] = 1.0, transactional: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = None, unique_after_done: float = 0.0,
+        unique_while_buried: bool = False,
     ) -> Any:
         """Register a task: ``@app.task`` or ``@app.task(queue="mail", max_attempts=3)``."""
-        if max_attempts < 1:
-            raise ConfigError(f"max_attempts must be at least 1, not {max_attempts}")
-        if lease <= 0:
-            raise ConfigError(f"lease must be a positive number of seconds, not {lease}")
+        try:
+            limits.name(queue, "queue")
+            limits.whole(priority, "priority", *limits.PRIORITY_RANGE)
+            limits.whole(max_attempts, "max_attempts", 1, limits.PRIORITY_RANGE[1])
+            limits.seconds(lease, "lease", lo=0.001)
+            if timeout is not None:
+                limits.seconds(timeout, "timeout", lo=0.0)
+            if not callable(retry_backoff):
+                limits.seconds(retry_backoff, "retry_backoff")
+            limits.seconds(unique_after_done, "unique_after_done")
+            limits.flag(unique_while_buried, "unique_while_buried")
+        except InvalidJob as exc:
+            raise ConfigError(f"task {name or getattr(fn, '__qualname__', '')}: {exc}") from None
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or f"{f.__module__}.{f.__qualname__}"
+            try:
+                limits.name(task_name, "task name")
+            except InvalidJob as exc:
+                raise ConfigError(str(exc)) from None
             if transactional and _is_async(f):
                 raise ConfigError(
                     f"task {task_name}: transactional tasks must be plain (sync) functions"
@@ -231,7 +262,8 @@ class App:
                 raise ConfigError(f"two tasks are registered under the name {task_name!r}")
             t = Task(self, f, name=task_name, queue=queue, priority=priority,
                      max_attempts=max_attempts, lease=lease, retry_backoff=retry_backoff,
-                     transactional=transactional, timeout=timeout)
+                     transactional=transactional, timeout=timeout,
+                     unique_after_done=unique_after_done, unique_while_buried=unique_while_buried)
             self.tasks[task_name] = t
             return t
 
@@ -258,8 +290,7 @@ class App:
             if t is None:
                 t = templates[name] = self._new_job(name, (), {}, opts, now)
             news.append(_with_payload(t, codec.encode_payload(name, args, kwargs)))
-        ids = self.backend.put(news, now=now, connection=opts.connection)
-        return [JobHandle(self, i) for i in ids]
+        return self._handles(self.backend.put(news, now=now, connection=opts.connection))
 
     def _enqueue_calls(
         self, name: str, calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
@@ -269,27 +300,44 @@ class App:
         t = self._new_job(name, (), {}, opts, now)  # all but the payload is shared
         encode = codec.encode_payload
         news = [_with_payload(t, encode(name, a, k)) for a, k in calls]
-        ids = self.backend.put(news, now=now, connection=opts.connection)
-        return [JobHandle(self, i) for i in ids]
+        return self._handles(self.backend.put(news, now=now, connection=opts.connection))
+
+    def _handles(self, ids: Sequence[int]) -> list[JobHandle]:
+        return [JobHandle(self, i, i.state if isinstance(i, Existing) else None) for i in ids]
 
     def _new_job(
         self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], opts: EnqueueOptions,
         now: float,
     ) -> NewJob:
+        """All but the payload of a job, every option checked (:mod:`crashonly.limits`)."""
         task = self.tasks.get(name)
-        if opts.run_at is not None:
-            run_at = float(opts.run_at)
-        else:
-            run_at = now + max(0.0, float(opts.delay or 0.0))
+        key = opts.unique_key
+        after_done = opts.unique_after_done
+        while_buried = opts.unique_while_buried
         return NewJob(
-            task=name,
-            queue=opts.queue or (task.queue if task else "default"),
+            task=limits.name(name, "task name"),
+            queue=limits.name(
+                opts.queue if opts.queue is not None else (task.queue if task else "default"),
+                "queue",
+            ),
             payload=codec.encode_payload(name, args, kwargs),
-            priority=opts.priority if opts.priority is not None else (task.priority if task else 100),
-            run_at=run_at,
+            priority=limits.whole(
+                opts.priority if opts.priority is not None else (task.priority if task else 100),
+                "priority", *limits.PRIORITY_RANGE,
+            ),
+            run_at=limits.run_at(opts.run_at, opts.delay, now),
             max_attempts=task.max_attempts if task else 5,
             lease=task.lease if task else 30.0,
-            unique_key=opts.unique_key,
+            unique_key=None if key is None else limits.name(key, "unique_key", limits.MAX_KEY),
+            unique_after_done=limits.seconds(
+                after_done if after_done is not None else (task.unique_after_done if task else 0.0),
+                "unique_after_done",
+            ),
+            unique_while_buried=limits.flag(
+                while_buried if while_buried is not None
+                else (task.unique_while_buried if task else False),
+                "unique_while_buried",
+            ),
         )
 
     # --- inspecting and managing ------------------------------------------------------------
@@ -385,7 +433,8 @@ class App:
 def _with_payload(t: NewJob, payload: str) -> NewJob:
     # Spelled out: dataclasses.replace costs twice as much, and bulk enqueue is a hot path.
     return NewJob(task=t.task, queue=t.queue, payload=payload, priority=t.priority, run_at=t.run_at,
-                  max_attempts=t.max_attempts, lease=t.lease, unique_key=t.unique_key)
+                  max_attempts=t.max_attempts, lease=t.lease, unique_key=t.unique_key,
+                  unique_after_done=t.unique_after_done, unique_while_buried=t.unique_while_buried)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

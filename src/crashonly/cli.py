@@ -170,6 +170,9 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         priority=args.priority, queue=args.queue, unique_key=args.unique_key,
     )
     print(handle.id)
+    if handle.existing_state is not None:
+        print(f"crashonly: job {handle.id} ({handle.existing_state.value}) holds this unique key: "
+              "nothing was enqueued", file=sys.stderr)
     return 0
 
 

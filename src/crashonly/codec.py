@@ -17,7 +17,10 @@ _encode = _encoder.encode
 def encode_payload(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
     """Encode a call; on failure name the argument that could not be encoded."""
     try:
-        return _encode({"args": args if type(args) is list else list(args), "kwargs": kwargs})
+        text = _encode({"args": args if type(args) is list else list(args), "kwargs": kwargs})
+        if not text.isascii():  # O(1) for ASCII text; else a lone surrogate has no UTF-8
+            text.encode()  # form, and no backend could store it (UnicodeEncodeError)
+        return text
     except (TypeError, ValueError) as exc:
         for i, value in enumerate(args):
             _check(value, f"argument {i} of {task}", exc)
@@ -41,7 +44,13 @@ def decode(text: str | None) -> Any:
 
 def _check(value: Any, where: str, cause: Exception) -> None:
     try:
-        _encoder.encode(value)
+        _encoder.encode(value).encode()
+    except UnicodeEncodeError as exc:
+        raise SerializationError(
+            f"{where} holds text with a lone surrogate ({exc.object[exc.start]!r}), which "
+            "cannot be stored as UTF-8 (os.fsdecode gives these for non-UTF-8 file names): "
+            "pass bytes as text another way, e.g. name.encode('utf-8', 'surrogateescape').hex()"
+        ) from cause
     except (TypeError, ValueError) as exc:
         raise SerializationError(
             f"{where} is not JSON-serialisable ({type(value).__name__}): {exc}. "

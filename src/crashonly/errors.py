@@ -12,6 +12,7 @@ with ``raise … from exc``.
     │   ├── BackendUnavailable     cannot connect / file missing / locked / read-only
     │   └── SchemaError            database written by a newer (or foreign) schema
     ├── SerializationError     an argument or result is not JSON-serialisable
+    ├── InvalidJob             an enqueue option no backend can store (also a ValueError)
     ├── UnknownTask            no task registered under that name
     ├── JobNotFound            no job with that id
     ├── StaleLease             ack/release/touch/fail with a token that is no longer current
@@ -33,6 +34,7 @@ __all__ = [
     "Cancelled",
     "ConfigError",
     "CrashonlyError",
+    "InvalidJob",
     "JobFailed",
     "JobNotFound",
     "JobTimeout",
@@ -66,6 +68,11 @@ class SchemaError(BackendError):
 
 class SerializationError(CrashonlyError):
     """A job argument or result cannot be encoded as JSON."""
+
+
+class InvalidJob(CrashonlyError, ValueError):
+    """An enqueue option has a value no backend can store or run (a NaN ``run_at``, a priority
+    out of range, an over-long queue name or unique key); the message names the option."""
 
 
 class UnknownTask(CrashonlyError):

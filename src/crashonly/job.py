@@ -15,7 +15,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Job", "JobState", "NewJob", "Reservation", "Settlement", "SettlementKind", "job_from_row"]
+__all__ = [
+    "Existing", "Job", "JobState", "NewJob", "Reservation", "Settlement", "SettlementKind",
+    "job_from_row",
+]
 
 
 class JobState(enum.StrEnum):
@@ -82,7 +85,21 @@ class NewJob:
     run_at: float
     max_attempts: int = 5
     lease: float = 30.0
-    unique_key: str | None = None
+    unique_key: str | None = None  # held per task: see docs/queue.md, "Unique keys"
+    unique_after_done: float = 0.0  # seconds a done job keeps holding its key
+    unique_while_buried: bool = False  # a buried job keeps its key until retried or deleted
+
+
+class Existing(int):
+    """The id ``put`` returns for a job it did not store because its unique key was held:
+    the holder's id, with the state the holder was in (``JobState``)."""
+
+    state: JobState
+
+    def __new__(cls, job_id: int, state: JobState | str) -> Existing:
+        self = super().__new__(cls, job_id)
+        self.state = JobState(state)
+        return self
 
 
 @dataclass(kw_only=True, slots=True)

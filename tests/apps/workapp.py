@@ -51,6 +51,17 @@ def stubborn(seconds: float, key: str = "stubborn") -> str:
     return "finished"
 
 
+@app.task(transactional=True, max_attempts=3)
+def two_writes(key: str, seconds: float) -> str:
+    """Writes, sleeps inside its transaction, then writes again."""
+    db, job_id = crashonly.current_job().db, crashonly.current_job().id
+    db.execute("CREATE TABLE IF NOT EXISTS effects (key TEXT, job INTEGER, pid INTEGER)")
+    db.execute("INSERT INTO effects VALUES (?, ?, ?)", (f"{key}-before", job_id, os.getpid()))
+    time.sleep(seconds)
+    db.execute("INSERT INTO effects VALUES (?, ?, ?)", (f"{key}-after", job_id, os.getpid()))
+    return key
+
+
 @app.task(max_attempts=10, lease=30)
 def sleeper(seconds: float, marker: str = "") -> str:
     """Ignores cancellation (plain sleep); writes a marker line when it starts."""

@@ -81,6 +81,15 @@ def test_user_mistakes_get_one_line(db_url: str, filled: crashonly.App) -> None:
     one_line_error(run("stats", url="sqlite:///x.db?synchronous=SOMETIMES"), "synchronous")
     one_line_error(run("stats", app="no_such_module:app"), "no such module")
     one_line_error(run("stats", app="json:dumps"), "not a crashonly.App")
+    one_line_error(run("enqueue", "x", "--delay", "nan", url=db_url), "delay must be a finite")
+    one_line_error(run("enqueue", "x", "--priority", str(2**40), url=db_url), "priority must be")
+
+
+def test_enqueue_says_when_a_unique_key_is_held(db_url: str, filled: crashonly.App) -> None:
+    first = run("enqueue", "workapp.noop", "--unique-key", "k", url=db_url)
+    again = run("enqueue", "workapp.noop", "--unique-key", "k", url=db_url)
+    assert first.returncode == again.returncode == 0 and first.stdout == again.stdout
+    assert first.stderr == "" and "(ready) holds this unique key" in again.stderr
 
 
 def test_missing_corrupt_locked_newer_and_read_only_databases(tmp_path: Path) -> None:

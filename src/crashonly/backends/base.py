@@ -73,8 +73,11 @@ class Backend(Protocol):
     # --- producers ----------------------------------------------------------------------------
     def put(self, jobs: Sequence[NewJob], *, now: float, connection: Any = None) -> list[int]:
         """Store jobs in one transaction (the caller's own, if ``connection`` is given and the
-        backend is transactional) and return their ids, in order. A job whose ``unique_key``
-        matches a job that is not done yet is not stored: the existing job's id stands in."""
+        backend is transactional) and return their ids, in order. A job whose ``unique_key`` is
+        held by another job of the same task is not stored: the holder's id stands in, as an
+        :class:`~crashonly.job.Existing` (an int carrying the holder's state). A done holder
+        past its ``unique_after_done`` window, or a buried one without
+        ``unique_while_buried``, lets go of the key first (docs/queue.md, "Unique keys")."""
         ...
 
     # --- consumers ----------------------------------------------------------------------------

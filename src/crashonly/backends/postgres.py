@@ -44,14 +44,23 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from ..errors import BackendError, BackendUnavailable, ConfigError, SchemaError, StaleLease
-from ..job import Job, JobState, NewJob, Reservation, Settlement, SettlementKind, job_from_row
+from ..job import (
+    Existing,
+    Job,
+    JobState,
+    NewJob,
+    Reservation,
+    Settlement,
+    SettlementKind,
+    job_from_row,
+)
 from ..liveness import ProcessIdentity, is_alive, this_process
 from .base import Capabilities, RecoveryReport, WorkerInfo
 from .sql import load_queries
 
 __all__ = ["SCHEMA_VERSION", "PostgresBackend", "parse_url"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _RAW = load_queries("postgres.sql")
 _OPTIONS = {"schema", "pool_max", "pool_timeout"}
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
@@ -350,22 +359,29 @@ class PostgresBackend:
                     "task": j.task, "queue": j.queue, "state": state, "priority": j.priority,
                     "payload": j.payload, "max_attempts": j.max_attempts,
                     "lease": float(j.lease), "run_at": float(j.run_at), "now": now,
-                    "unique_key": j.unique_key,
                 }
                 if j.unique_key is None:
-                    single = {k: [v] for k, v in row.items() if k not in ("now", "unique_key")}
-                    got = conn.execute(self.q["insert_jobs"], {**single, "now": now}).fetchone()
+                    single = {k: [v] for k, v in row.items() if k != "now"}
+                    [[job_id]] = conn.execute(self.q["insert_jobs"], {**single, "now": now})
+                    ids.append(job_id)
                 else:
-                    got = None
-                    for _ in range(5):  # the holder of the key may finish meanwhile
-                        got = conn.execute(self.q["insert_unique_job"], row).fetchone()
-                        got = got or conn.execute(self.q["find_unique"], row).fetchone()
-                        if got:
-                            break
-                if got is None:
-                    raise BackendError(f"could not store a job with unique_key {j.unique_key!r}")
-                ids.append(int(got[0]))
+                    ids.append(self._put_unique(conn, j, {
+                        **row, "unique_key": j.unique_key, "key_done_for": j.unique_after_done,
+                        "key_buried": j.unique_while_buried,
+                    }))
         return ids
+
+    def _put_unique(self, conn: Conn, job: NewJob, row: dict[str, Any]) -> int:
+        """Insert a keyed job, or return the holder of its key as an :class:`Existing`."""
+        for _ in range(5):  # the holder may be deleted or purged between the two statements
+            conn.execute(self.q["release_key"], row)
+            got = conn.execute(self.q["insert_unique_job"], row).fetchone()
+            if got:
+                return int(got[0])
+            held = conn.execute(self.q["find_unique"], row).fetchone()
+            if held:
+                return Existing(held[0], held[1])
+        raise BackendError(f"could not store a job with unique_key {job.unique_key!r}")
 
     # --- consumers --------------------------------------------------------------------------
     def reserve(
@@ -519,7 +535,9 @@ class PostgresBackend:
             promoted = conn.execute(self.q["promote"], {"now": now}).rowcount
             purged = 0
             if purge:
-                purged = conn.execute(self.q["purge"], {"before": now - retention}).rowcount
+                purged = conn.execute(
+                    self.q["purge"], {"before": now - retention, "now": now}
+                ).rowcount
                 self._last_purge = now
         return RecoveryReport(
             dead_workers=dead, requeued=requeued, buried=buried, promoted=promoted, purged=purged

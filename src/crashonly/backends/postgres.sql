@@ -73,6 +73,18 @@ CREATE OR REPLACE TRIGGER jobs_notify_update
     AFTER UPDATE ON {schema}.jobs REFERENCING NEW TABLE AS changed
     FOR EACH STATEMENT EXECUTE FUNCTION {schema}.notify_ready();
 
+-- name: migration_2
+-- Unique keys scoped to the task. A job holds its key while key_held. A done job lets go
+-- key_done_for seconds after it finished, a buried one at once unless key_buried: lazily,
+-- when an enqueue asks for the key (release_key), since a partial index cannot expire.
+ALTER TABLE {schema}.jobs
+    ADD COLUMN IF NOT EXISTS key_held boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS key_done_for float8 NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS key_buried boolean NOT NULL DEFAULT false;
+UPDATE {schema}.jobs SET key_held = true WHERE unique_key IS NOT NULL AND state <> 'done';
+DROP INDEX IF EXISTS {schema}.jobs_unique;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON {schema}.jobs (task, unique_key) WHERE key_held;
+
 -- name: schema_exists
 SELECT to_regclass('{schema}.meta') IS NOT NULL;
 
@@ -99,17 +111,27 @@ FROM unnest(%(task)s::text[], %(queue)s::text[], %(state)s::text[], %(priority)s
 ORDER BY t.n
 RETURNING id;
 
+-- name: release_key
+-- An enqueue wants the key: a done job past its window, or a buried job not asked to keep it,
+-- lets go of it now. (The row lock this takes orders two enqueues racing for the same key.)
+UPDATE {schema}.jobs SET key_held = false
+WHERE task = %(task)s AND unique_key = %(unique_key)s AND key_held
+  AND ((state = 'done' AND (key_done_for = 0 OR finished_at + key_done_for <= %(now)s))
+       OR (state = 'buried' AND NOT key_buried));
+
 -- name: insert_unique_job
 INSERT INTO {schema}.jobs
     (task, queue, state, priority, payload, max_attempts, lease_seconds, run_at, created_at,
-     unique_key)
+     unique_key, key_held, key_done_for, key_buried)
 VALUES (%(task)s, %(queue)s, %(state)s, %(priority)s, %(payload)s, %(max_attempts)s,
-        %(lease)s, %(run_at)s, %(now)s, %(unique_key)s)
-ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state <> 'done' DO NOTHING
+        %(lease)s, %(run_at)s, %(now)s, %(unique_key)s, true, %(key_done_for)s,
+        %(key_buried)s)
+ON CONFLICT (task, unique_key) WHERE key_held DO NOTHING
 RETURNING id;
 
 -- name: find_unique
-SELECT id FROM {schema}.jobs WHERE unique_key = %(unique_key)s AND state <> 'done';
+SELECT id, state FROM {schema}.jobs
+WHERE task = %(task)s AND unique_key = %(unique_key)s AND key_held;
 
 -- name: claim
 -- Lock up to :limit candidates, then keep a prefix: a job suspected of killing its last holder
@@ -265,7 +287,10 @@ UPDATE {schema}.jobs SET state = 'ready'
 WHERE state = 'scheduled' AND run_at <= %(now)s;
 
 -- name: purge
-DELETE FROM {schema}.jobs WHERE state = 'done' AND finished_at < %(before)s;
+-- A done job still holding its unique key stays until its window ends.
+DELETE FROM {schema}.jobs
+WHERE state = 'done' AND finished_at < %(before)s
+  AND (NOT key_held OR finished_at + key_done_for < %(now)s);
 
 -- name: get
 -- payload false reads '' instead of the call's arguments (a status poll needs no megabytes).

@@ -7,6 +7,12 @@
   busy handler can wait for it (a deferred transaction that upgrades to a writer can fail
   with ``SQLITE_BUSY`` no matter how long it waits).
 * One connection per thread; ``:memory:`` has a single shared connection behind a lock.
+* Files are created 0600 (the queue holds job arguments and results); the -wal and -shm files
+  SQLite creates take the database file's mode. An existing file's mode is left as it is.
+* ``journal_size_limit``: the WAL shrinks back to 4 MiB whenever it restarts after a
+  checkpoint, so a burst (one huge transaction, a disk-full incident) does not leave it
+  occupying the volume for good, and recovery's purge pass (once a minute) empties it when
+  nobody is using it. A full disk is a :class:`BackendUnavailable` that says so.
 * Death detection: workers register pid + process start time + boot id; any live process's
   recovery returns the jobs of a dead one (see :mod:`crashonly.liveness`).
 * Throughput comes from fewer commits per job: claims in batches, and a batch's
@@ -15,6 +21,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -32,17 +39,28 @@ from ..errors import (
     SchemaError,
     StaleLease,
 )
-from ..job import Job, JobState, NewJob, Reservation, Settlement, SettlementKind, job_from_row
+from ..job import (
+    Existing,
+    Job,
+    JobState,
+    NewJob,
+    Reservation,
+    Settlement,
+    SettlementKind,
+    job_from_row,
+)
 from ..liveness import ProcessIdentity, is_alive
 from .base import Capabilities, RecoveryReport, WorkerInfo
 from .sql import load_queries
+from .sqlite_lock import Revoker, describe_holder
 
 __all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 Q = load_queries("sqlite.sql")
 _SYNC_MODES = {"FULL", "NORMAL", "EXTRA", "OFF"}
 _PURGE_EVERY = 60.0
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024  # a little above the WAL of one autocheckpoint period
 _SETTLE = {
     SettlementKind.ACK: Q["ack"],
     SettlementKind.RELEASE: Q["release"],
@@ -70,6 +88,15 @@ def _writable(path: str) -> bool:
     return True
 
 
+def create_private(path: str) -> None:
+    """Create the database file readable by its owner only, unless it exists (then its mode,
+    chosen by someone, is kept). O_EXCL: when two processes race, one creates, both go on."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+
+
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
     """``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``sqlite:///:memory:``."""
     parts = urllib.parse.urlsplit(url)
@@ -86,11 +113,11 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     if not path:
         raise ConfigError(f"malformed SQLite URL {url!r}: no file path after sqlite:///")
     options = dict(urllib.parse.parse_qsl(parts.query))
-    unknown = set(options) - {"synchronous", "busy_timeout"}
+    unknown = set(options) - {"synchronous", "busy_timeout", "transaction_timeout"}
     if unknown:
         raise ConfigError(
             f"unknown SQLite URL option(s) {', '.join(sorted(unknown))} in {url!r}; "
-            "known: synchronous=FULL|NORMAL, busy_timeout=SECONDS"
+            "known: synchronous=FULL|NORMAL, busy_timeout=SECONDS, transaction_timeout=SECONDS"
         )
     sync = options.get("synchronous", "FULL").upper()
     if sync not in _SYNC_MODES:
@@ -111,6 +138,14 @@ class SQLiteBackend:
             self.busy_timeout = float(options.get("busy_timeout", "30"))
         except ValueError:
             raise ConfigError(f"busy_timeout in {url!r} must be a number of seconds") from None
+        try:
+            self.transaction_timeout = float(options.get("transaction_timeout", "10"))
+        except ValueError:
+            self.transaction_timeout = -1.0
+        if not 0 < self.transaction_timeout < float("inf"):
+            raise ConfigError(
+                f"transaction_timeout in {url!r} must be a positive number of seconds"
+            )
         self.capabilities = Capabilities(
             transactional=True, death_detection="pid", multi_process=not self.memory
         )
@@ -139,6 +174,8 @@ class SQLiteBackend:
     # --- connections ------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         try:
+            if not self.memory:
+                create_private(self.path)
             conn = sqlite3.connect(
                 self.path,
                 isolation_level=None,
@@ -147,15 +184,29 @@ class SQLiteBackend:
                 cached_statements=256,
             )
             if not self.memory:
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                mode = self._wal_mode(conn)
                 if str(mode).lower() != "wal":
                     raise BackendUnavailable(f"cannot put {self.path} in WAL mode (got {mode})")
+                conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise self._translate(exc) from exc
         with self._connections_lock:
             self._connections.append(conn)
         return conn
+
+    def _wal_mode(self, conn: sqlite3.Connection) -> str:
+        """Switch to WAL (persistent: a no-op once any process did it). On a fresh file,
+        processes opening it at once race for the switch, and SQLite answers the losers
+        "locked" at once, without its busy handler: wait for the winner instead."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.002)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -172,26 +223,33 @@ class SQLiteBackend:
                 self._ensure_schema(conn)
         return conn
 
-    def _translate(self, exc: sqlite3.Error) -> BackendError:
+    def _translate(self, exc: sqlite3.Error | OSError) -> BackendError:
         text = str(exc)
         where = self.path
+        if "disk is full" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+            return BackendUnavailable(
+                f"database {where}: the disk is full, so nothing can be written (what was "
+                "acknowledged is kept; the failed write changed nothing): free space on its "
+                "volume, and writes go on"
+            )
         if "readonly" in text or "read-only" in text:
             return BackendUnavailable(
                 f"database {where} is read-only: give this process write access to the file "
                 "and its folder (SQLite writes -wal and -shm files beside it)"
             )
         if "locked" in text or "busy" in text:
+            holder = None if self.memory else describe_holder(self.path)
             return BackendUnavailable(
                 f"database {where} is locked by another process for longer than "
-                f"{self.busy_timeout:g} s: find the process holding it, or raise "
-                "?busy_timeout= in the URL"
+                f"{self.busy_timeout:g} s: "
+                + (holder or "find the process holding it, or raise ?busy_timeout= in the URL")
             )
         if "not a database" in text or "malformed" in text or "corrupt" in text:
             return BackendUnavailable(
                 f"database {where} is corrupt or not an SQLite file ({text}): restore it from "
                 "a backup or point DATABASE_URL at another file"
             )
-        if "unable to open" in text:
+        if "unable to open" in text or isinstance(exc, OSError):
             if not self.memory and not _writable(self.path):
                 return BackendUnavailable(
                     f"database {where} is read-only: give this process write access to the "
@@ -309,11 +367,16 @@ class SQLiteBackend:
                     continue
                 named = {"task": j.task, "queue": j.queue, "state": row[2], "priority": j.priority,
                          "payload": j.payload, "max_attempts": j.max_attempts, "lease": j.lease,
-                         "run_at": j.run_at, "now": now, "unique_key": j.unique_key}
+                         "run_at": j.run_at, "now": now, "unique_key": j.unique_key,
+                         "key_done_for": j.unique_after_done,
+                         "key_buried": int(j.unique_while_buried)}
+                conn.execute(Q["release_key"], named)
                 got = conn.execute(Q["insert_unique_job"], named).fetchone()
-                if got is None:
-                    got = conn.execute(Q["find_unique"], named).fetchone()
-                ids.append(got[0])
+                if got is not None:
+                    ids.append(got[0])
+                else:  # under the write lock, the holder is still there
+                    held = conn.execute(Q["find_unique"], named).fetchone()
+                    ids.append(Existing(held[0], held[1]))
             return ids
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
@@ -451,7 +514,18 @@ class SQLiteBackend:
     ) -> str | None:
         try:
             with self._write() as conn:
-                result = fn(conn)
+                # Past transaction_timeout the job's transaction is rolled back from a
+                # watchdog thread, so it cannot keep every other writer waiting.
+                limit = None if self.memory else self.transaction_timeout
+                revoker = Revoker(conn, limit).start()
+                try:
+                    result = fn(conn)
+                except BaseException as exc:
+                    if revoker.finish() or not isinstance(exc, Exception):
+                        raise
+                    raise self._held_too_long(reservation) from None
+                if not revoker.finish():
+                    raise self._held_too_long(reservation)
                 params = {
                     "id": reservation.job.id, "token": reservation.token,
                     "now": clock(), "result": result,
@@ -465,19 +539,23 @@ class SQLiteBackend:
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
 
+    def _held_too_long(self, reservation: Reservation) -> BackendError:
+        return BackendError(
+            f"job {reservation.job.id} held SQLite's write lock longer than its "
+            f"transaction_timeout of {self.transaction_timeout:g} s, so its transaction was "
+            "rolled back (every other writer waits meanwhile): make the job shorter, raise "
+            "?transaction_timeout= in the URL, or use PostgreSQL"
+        )
+
     def transaction(self) -> AbstractContextManager[Any]:
         return self._write()
 
     def abort(self, connection: Any) -> None:
         """Roll back a transaction another thread left open: a transactional job that outlived
         the shutdown grace holds SQLite's write lock, and the worker must release its jobs
-        before exiting. (SQLite connections are serialized, so this is safe across threads.)"""
-        try:
-            connection.interrupt()
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+        before exiting. The job's thread may still run: its later statements are refused
+        rather than committed one by one (see :class:`~.sqlite_lock.Revoker`)."""
+        Revoker(connection, None).revoke()
 
     # --- recovery and workers -----------------------------------------------------------------
     def _dead_workers(self) -> list[str]:
@@ -541,13 +619,30 @@ class SQLiteBackend:
                 promoted = conn.execute(Q["promote"], {"now": now}).rowcount
                 purged = 0
                 if purge:
-                    purged = conn.execute(Q["purge"], {"before": now - retention}).rowcount
+                    purged = conn.execute(Q["purge"], {"before": now - retention, "now": now}).rowcount
                     self._last_purge = now
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
+        if purge:
+            self._truncate_wal()
         return RecoveryReport(
             dead_workers=dead, requeued=requeued, buried=buried, promoted=promoted, purged=purged
         )
+
+    def _truncate_wal(self) -> None:
+        """Checkpoint and empty the WAL if nobody is using it right now (never waiting: with
+        the busy handler off, a reader or writer makes this a no-op until the next pass)."""
+        if self.memory:
+            return
+        with self._lock:
+            conn = self.conn
+            try:
+                conn.execute("PRAGMA busy_timeout=0")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.DatabaseError:
+                pass  # busy, or the disk is full: the next pass tries again
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
 
     def register_worker(self, info: WorkerInfo) -> None:
         from ..liveness import this_process

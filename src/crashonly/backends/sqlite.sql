@@ -57,6 +57,18 @@ CREATE INDEX IF NOT EXISTS crashonly_jobs_alone ON crashonly_jobs (id) WHERE alo
 CREATE INDEX IF NOT EXISTS crashonly_jobs_scheduled ON crashonly_jobs (run_at)
     WHERE state = 'scheduled';
 
+-- name: migration_3
+-- Unique keys scoped to the task. A job holds its key while key_held = 1. A done job lets go
+-- key_done_for seconds after it finished, a buried one at once unless key_buried = 1: lazily,
+-- when an enqueue asks for the key (release_key), since a partial index cannot expire.
+ALTER TABLE crashonly_jobs ADD COLUMN key_held INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE crashonly_jobs ADD COLUMN key_done_for REAL NOT NULL DEFAULT 0;
+ALTER TABLE crashonly_jobs ADD COLUMN key_buried INTEGER NOT NULL DEFAULT 0;
+UPDATE crashonly_jobs SET key_held = 1 WHERE unique_key IS NOT NULL AND state <> 'done';
+DROP INDEX IF EXISTS crashonly_jobs_unique;
+CREATE UNIQUE INDEX IF NOT EXISTS crashonly_jobs_key ON crashonly_jobs (task, unique_key)
+    WHERE key_held = 1;
+
 -- name: schema_version
 SELECT value FROM crashonly_meta WHERE key = 'schema_version';
 
@@ -75,17 +87,26 @@ INSERT INTO crashonly_jobs
      unique_key)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
+-- name: release_key
+-- An enqueue wants the key: a done job past its window, or a buried job not asked to keep it,
+-- lets go of it now.
+UPDATE crashonly_jobs SET key_held = 0
+WHERE task = :task AND unique_key = :unique_key AND key_held = 1
+  AND ((state = 'done' AND (key_done_for = 0 OR finished_at + key_done_for <= :now))
+       OR (state = 'buried' AND key_buried = 0));
+
 -- name: insert_unique_job
 INSERT INTO crashonly_jobs
     (task, queue, state, priority, payload, max_attempts, lease_seconds, run_at, created_at,
-     unique_key)
+     unique_key, key_held, key_done_for, key_buried)
 VALUES (:task, :queue, :state, :priority, :payload, :max_attempts, :lease, :run_at, :now,
-        :unique_key)
-ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state <> 'done' DO NOTHING
+        :unique_key, 1, :key_done_for, :key_buried)
+ON CONFLICT (task, unique_key) WHERE key_held = 1 DO NOTHING
 RETURNING id;
 
 -- name: find_unique
-SELECT id FROM crashonly_jobs WHERE unique_key = :unique_key AND state <> 'done';
+SELECT id, state FROM crashonly_jobs
+WHERE task = :task AND unique_key = :unique_key AND key_held = 1;
 
 -- name: last_id
 SELECT last_insert_rowid();
@@ -220,7 +241,10 @@ WHERE state = 'scheduled' AND run_at <= :now LIMIT 1;
 UPDATE crashonly_jobs SET state = 'ready' WHERE state = 'scheduled' AND run_at <= :now;
 
 -- name: purge
-DELETE FROM crashonly_jobs WHERE state = 'done' AND finished_at < :before;
+-- A done job still holding its unique key stays until its window ends.
+DELETE FROM crashonly_jobs
+WHERE state = 'done' AND finished_at < :before
+  AND (key_held = 0 OR finished_at + key_done_for < :now);
 
 -- name: get
 -- :payload 0 reads '' instead of the call's arguments (a status poll needs no megabytes).

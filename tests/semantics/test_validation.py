@@ -1,0 +1,93 @@
+"""Enqueue refuses, with an error naming the option, what no backend can store or run
+(crashonly.limits; limits in docs/queue.md) — on every backend, and stores nothing."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+import crashonly
+from crashonly import limits
+
+BAD_OPTIONS = [
+    ({"run_at": math.nan}, "run_at"),
+    ({"run_at": math.inf}, "run_at"),
+    ({"run_at": 1e300}, "run_at"),
+    ({"delay": math.nan}, "delay"),
+    ({"delay": -math.inf}, "delay"),
+    ({"delay": "5"}, "delay"),
+    ({"priority": 2**31}, "priority"),
+    ({"priority": -(2**31) - 1}, "priority"),
+    ({"priority": 2**70}, "priority"),
+    ({"priority": 1.5}, "priority"),
+    ({"queue": "q" * 8192}, "queue"),
+    ({"queue": ""}, "queue"),
+    ({"queue": "bad\udcffname"}, "queue"),
+    ({"queue": "nul\0"}, "queue"),
+    ({"unique_key": "k" * 1_000_000}, "unique_key"),
+    ({"unique_key": "\udcff"}, "unique_key"),
+    ({"unique_key": 42}, "unique_key"),
+    ({"unique_after_done": math.inf}, "unique_after_done"),
+    ({"unique_while_buried": "yes"}, "unique_while_buried"),
+]
+
+
+@pytest.mark.parametrize(("options", "field"), BAD_OPTIONS, ids=[f for _, f in BAD_OPTIONS])
+def test_bad_options_are_refused_naming_the_option(
+    app: crashonly.App, options: dict[str, object], field: str
+) -> None:
+    @app.task
+    def t() -> None: ...
+
+    with pytest.raises(crashonly.InvalidJob, match=field) as caught:
+        t.options(**options).enqueue()  # type: ignore[arg-type]
+    assert isinstance(caught.value, ValueError)
+    assert len(str(caught.value)) < 300 and "\n" not in str(caught.value)
+    with pytest.raises(crashonly.InvalidJob, match=field):
+        app.enqueue_many([(t.name, [], {})], **options)
+    assert app.stats() == {}
+
+
+def test_a_lone_surrogate_in_an_argument_is_named(app: crashonly.App) -> None:
+    @app.task
+    def load(path: str, *, mode: str = "r") -> None: ...
+
+    name = os.fsdecode(b"/data/\xff.csv")  # an everyday non-UTF-8 file name
+    with pytest.raises(crashonly.SerializationError, match=r"argument 0 of .*lone surrogate"):
+        load.enqueue(name)
+    with pytest.raises(crashonly.SerializationError, match="keyword argument 'mode'"):
+        load.enqueue("ok", mode=name)
+    with pytest.raises(crashonly.SerializationError, match="argument 0"):
+        load.enqueue_many([("ok",), (name,)])
+    assert app.stats() == {}
+    load.enqueue("/data/é.csv")  # non-ASCII text is fine
+
+
+def test_the_limits_themselves_are_stored(app: crashonly.App) -> None:
+    """Right at each limit, with the widest characters, every backend takes the job (on
+    PostgreSQL the task, queue and key sit in btree indexes of bounded row size)."""
+    wide = "\U0001f600"  # 4 bytes of UTF-8
+    name = wide * limits.MAX_NAME
+
+    @app.task(name=name, queue=name)
+    def t() -> None: ...
+
+    lo, hi = limits.PRIORITY_RANGE
+    first = t.options(priority=hi, unique_key=wide * limits.MAX_KEY).enqueue()
+    again = t.options(priority=lo, unique_key=wide * limits.MAX_KEY).enqueue()
+    assert again.id == first.id and again.duplicate
+    t.options(priority=lo, run_at=limits.MAX_TIME, delay=None).enqueue()
+    job = first.job
+    assert (job.task, job.queue, job.priority) == (name, name, hi)
+    assert len(app.list_jobs(queue=name)) == 2
+
+
+def test_bad_task_options_fail_at_registration(app: crashonly.App) -> None:
+    for options in ({"lease": math.nan}, {"lease": math.inf}, {"priority": 2**40},
+                    {"max_attempts": 2**40}, {"queue": "q" * 300}, {"timeout": math.nan},
+                    {"retry_backoff": math.inf}, {"name": "n" * 300}):
+        field = next(iter(options))
+        with pytest.raises(crashonly.ConfigError, match=field if field != "name" else "task name"):
+            app.task(**options)(lambda: None)  # type: ignore[call-overload]
