@@ -138,3 +138,44 @@ def test_killed_worker_process_job_runs_elsewhere_within_a_second(
         if second is not None:
             second.stop()
         app.close()
+
+
+def test_ending_a_live_workers_lock_session_is_no_death(
+    pg_url: str, pg_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A pooler, a DBA or a failover ends the session holding a live worker's advisory lock,
+    again and again while its plain job runs. Another worker must not declare it dead: the
+    owner re-takes its lock within the grace, and the job runs once."""
+    app = crashonly.App(pg_url)
+    app.migrate()
+    marker = tmp_path / "starts"
+    env = dict(pg_env, DATABASE_URL=pg_url)
+    first = Proc(["worker", "pgapp:app"], env)
+    second: Proc | None = None
+    try:
+        first.wait_for(r"\bready\b")
+        handle = app.enqueue("pgapp.sleeper", [4, str(marker)])
+        first.wait_for(r"started .*pgapp.sleeper")
+        second = Proc(["worker", "pgapp:app"], env)
+        second.wait_for(r"\bready\b")
+        ended = 0
+        with psycopg.connect(conninfo(pg_url), autocommit=True) as admin:
+            deadline = time.monotonic() + 2.5
+            while time.monotonic() < deadline:
+                ended += len(admin.execute(
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                    "WHERE application_name LIKE %s",
+                    (f"crashonly worker %:{first.pid}:%",),
+                ).fetchall())
+                time.sleep(0.15)
+        assert ended >= 2  # the owner did come back between the cuts
+        first.wait_for(r"succeeded .*pgapp.sleeper", timeout=10)
+        assert len(marker.read_text().splitlines()) == 1, second.text()
+        assert not [line for line in second.lines if "dead_workers" in line], second.text()
+        job = app.get_job(handle.id)
+        assert job.state is JobState.DONE and job.attempts == 1 and job.deaths == 0
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        app.close()
