@@ -94,12 +94,13 @@ def test_a_killed_worker_in_another_pid_namespace_is_detected_by_its_lock(
     folder, url, env = shared
     marker = folder / "starts"
     contained = Proc(["worker", "workapp:app"], dict(env, DATABASE_URL=url), wrap=PID_NS)
-    judge = worker(url, env)
+    judge: Proc | None = None
     app = crashonly.App(url)
     try:
         contained.wait_for(r"\bready\b")
         app.enqueue("workapp.sleeper", [30, str(marker)])  # lease 30 s: not what finds it
         contained.wait_for(r"started .*workapp.sleeper")
+        judge = worker(url, env)
         judge.wait_for(r"\bready\b")
         killed = time.monotonic()
         contained.stop()  # SIGKILL to its process group: the worker, pid 1 of its namespace
@@ -110,7 +111,8 @@ def test_a_killed_worker_in_another_pid_namespace_is_detected_by_its_lock(
         assert len(_starts(marker)) == 2
     finally:
         contained.stop()
-        judge.stop()
+        if judge is not None:
+            judge.stop()
         app.close()
 
 
