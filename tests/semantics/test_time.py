@@ -166,3 +166,62 @@ def _delete_registration(app: crashonly.App, worker_id: str) -> None:
         else:
             schema = app.backend.schema  # type: ignore[attr-defined]
             conn.execute(f'DELETE FROM "{schema}".workers WHERE id = %s', (worker_id,))
+
+
+def test_upgrade_keeps_the_leases_of_jobs_claimed_before(tmp_path: Path) -> None:
+    """SQLite schema 2 -> 3: a job reserved by a worker of the old version has no monotonic
+    deadline; it is judged by its wall-clock lease (neither stolen nor kept)."""
+    import sqlite3
+
+    from crashonly.backends.sqlite import Q
+    from crashonly.liveness import this_process
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for version in (1, 2):
+        conn.executescript(Q[f"migration_{version}"])
+    me = this_process()
+    conn.executescript(f"""
+        INSERT INTO crashonly_meta VALUES ('schema_version', '2');
+        INSERT INTO crashonly_workers VALUES ('old', '{me.host}', '{me.boot_id}', {me.pid},
+            '{me.start}', 0, 0, '[]', 1);
+        INSERT INTO crashonly_jobs (task, queue, state, priority, payload, max_attempts,
+            lease_seconds, run_at, created_at, lease_expires_at, worker, token, attempts)
+        VALUES ('t', 'default', 'reserved', 100, '{{}}', 5, 1.0, 0, 0, {time.time() + 1.0},
+            'old', 7, 1);
+    """)
+    conn.close()
+    app = crashonly.App(f"sqlite:///{path}")
+    try:
+        assert app.migrate() == 3
+        assert not app.recover().requeued  # its old-style lease still runs
+        time.sleep(1.1)
+        assert app.recover().requeued == [1]
+    finally:
+        app.close()
+
+
+def test_postgres_upgrade_from_schema_1(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if "postgres" not in BACKENDS:
+        pytest.skip("no PostgreSQL factory")
+    import psycopg
+
+    from crashonly.backends.postgres import _RAW, PostgresBackend, parse_url
+
+    url = BACKENDS["postgres"](tmp_path, request)
+    conninfo, schema, _ = parse_url(url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(_RAW["migration_1"].replace("{schema}", f'"{schema}"').encode())
+        conn.execute(f"""INSERT INTO "{schema}".meta VALUES ('schema_version', '1')""".encode())
+    backend = PostgresBackend(url)
+    try:
+        assert backend.migrate() == 2
+        now = time.time()
+        backend.register_worker(WorkerInfo(id=W, host=socket.gethostname(), pid=os.getpid(),
+                                           started_at=now, heartbeat_at=now))
+        [job_id] = backend.put([NewJob(task="t", queue="default", payload="{}", run_at=now)],
+                               now=now)
+        [r], _ = backend.reserve(worker_id=W, queues=["default"], limit=1, now=now)
+        assert not backend.recover(now=now).requeued and r.job.id == job_id
+    finally:
+        backend.close()

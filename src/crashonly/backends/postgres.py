@@ -595,8 +595,8 @@ class PostgresBackend:
     def _free_and_dead(self, conn: Conn) -> list[str]:
         dead = []
         rows = conn.execute(self.q["free_worker_locks"], {"grace": self.RESTART_GRACE})
-        for worker_id, host, pid, boot_id, pid_start, pid_ns, free_for in rows:
-            if free_for is not None and free_for >= self.LOCK_GRACE:
+        for worker_id, host, pid, boot_id, pid_start, pid_ns, free_for, lost_to_restart in rows:
+            if lost_to_restart or (free_for is not None and free_for >= self.LOCK_GRACE):
                 dead.append(worker_id)
                 continue
             identity = ProcessIdentity(host=host, boot_id=boot_id, pid=pid, start=pid_start,

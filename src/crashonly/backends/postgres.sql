@@ -234,7 +234,7 @@ SELECT pg_try_advisory_xact_lock(%(key)s);
 -- seen free. A free lock alone is not a death: the worker's session may have been ended (an
 -- admin, a pooler, a failover) while the process lives and is about to take it again. A lock
 -- that predates the server's start was lost to the restart: its worker gets :grace seconds to
--- reconnect before its lock is even looked at.
+-- reconnect before its lock is even looked at, and is dead if it is still free after that.
 UPDATE {schema}.workers
 SET lock_free_since = coalesce(lock_free_since, clock_timestamp())
 WHERE CASE WHEN locked_at > pg_postmaster_start_time()
@@ -242,7 +242,8 @@ WHERE CASE WHEN locked_at > pg_postmaster_start_time()
            THEN pg_try_advisory_xact_lock(lock_key)
            ELSE false END
 RETURNING id, host, pid, boot_id, pid_start, pid_ns,
-          extract(epoch from clock_timestamp() - lock_free_since)::float8;
+          extract(epoch from clock_timestamp() - lock_free_since)::float8,
+          locked_at <= pg_postmaster_start_time();
 
 -- name: delete_workers
 DELETE FROM {schema}.workers WHERE id = ANY(%(ids)s);
