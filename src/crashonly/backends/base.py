@@ -31,7 +31,8 @@ class Capabilities:
     delays: bool = True
     priorities: bool = True
     unique_keys: bool = True
-    death_detection: str = "lease"  # "lease", "pid" (one machine), "session" (connection-bound)
+    # "lease", "lock" (a lock file the kernel releases, one machine), "session" (connection-bound)
+    death_detection: str = "lease"
     multi_process: bool = True  # many processes may share it (False for :memory:)
     remote: bool = False  # a server over the network: an outage is waited out, not fatal
 

@@ -131,7 +131,7 @@ class SQLiteBackend:
         except ValueError:
             raise ConfigError(f"busy_timeout in {url!r} must be a number of seconds") from None
         self.capabilities = Capabilities(
-            transactional=True, death_detection="pid", multi_process=not self.memory
+            transactional=True, death_detection="lock", multi_process=not self.memory
         )
         if not self.memory:
             self.path = os.path.abspath(self.path)
@@ -523,7 +523,9 @@ class SQLiteBackend:
 
     # --- recovery and workers -----------------------------------------------------------------
     def _lock_path(self, worker_id: str) -> str:
-        return f"{self.path}-workers/{_UNSAFE.sub('_', worker_id)}.lock"
+        # The real path: one file must never be known to this process under two names (a
+        # probe under the other name would close a descriptor of it and drop our own lock).
+        return f"{os.path.realpath(self.path)}-workers/{_UNSAFE.sub('_', worker_id)}.lock"
 
     def _dead_workers(self) -> list[str]:
         """Workers provably dead: their lock file is free, or (no lock file: an older
