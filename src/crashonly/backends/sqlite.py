@@ -158,6 +158,7 @@ class SQLiteBackend:
         # monotonic for leases). Tests set a fake one to let leases expire without sleeping.
         self.store_clock: Callable[[], float] | None = None
         self._registrations: dict[str, tuple[WorkerInfo, WorkerLock | None]] = {}
+        self._real_path: str | None = None
 
     # --- connections ------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -525,7 +526,9 @@ class SQLiteBackend:
     def _lock_path(self, worker_id: str) -> str:
         # The real path: one file must never be known to this process under two names (a
         # probe under the other name would close a descriptor of it and drop our own lock).
-        return f"{os.path.realpath(self.path)}-workers/{_UNSAFE.sub('_', worker_id)}.lock"
+        if self._real_path is None:
+            self._real_path = os.path.realpath(self.path)
+        return f"{self._real_path}-workers/{_UNSAFE.sub('_', worker_id)}.lock"
 
     def _dead_workers(self) -> list[str]:
         """Workers provably dead: their lock file is free, or (no lock file: an older
