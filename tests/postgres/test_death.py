@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 import crashonly
-from crashonly.backends import WorkerInfo
+from crashonly.backends import RecoveryReport, WorkerInfo
 from crashonly.backends.postgres import PostgresBackend
 from crashonly.job import JobState, NewJob
 from tests.postgres.conftest import conninfo
@@ -31,6 +31,19 @@ def _elsewhere(worker_id: str) -> WorkerInfo:
                       heartbeat_at=NOW)
 
 
+def _dead_after_grace(watcher: PostgresBackend) -> RecoveryReport:
+    """A free lock of a worker on another machine is a death once it stays free for the grace
+    (shortened here): the first pass only notes it."""
+    watcher.LOCK_GRACE = 0.3
+    assert not watcher.recover(now=NOW).dead_workers
+    deadline = time.monotonic() + 5  # the server may take a moment to end the session
+    while True:
+        time.sleep(0.05)
+        report = watcher.recover(now=NOW)
+        if report.dead_workers or time.monotonic() > deadline:
+            return report
+
+
 def test_a_worker_is_alive_while_its_session_is(pg_url: str) -> None:
     watcher, holder = PostgresBackend(pg_url), PostgresBackend(pg_url)
     try:
@@ -40,7 +53,7 @@ def test_a_worker_is_alive_while_its_session_is(pg_url: str) -> None:
         assert not watcher.recover(now=NOW)
         assert watcher.get(job_id).state is JobState.RESERVED  # type: ignore[union-attr]
         holder.close()  # the process "dies": its connections close, its lock goes with them
-        report = watcher.recover(now=NOW)  # same clock: no lease expired
+        report = _dead_after_grace(watcher)  # no lease expired
         assert report.dead_workers == ["far"] and report.requeued == [job_id]
         job = watcher.get(job_id)
         assert job is not None and job.state is JobState.READY and job.deaths == 1
@@ -50,9 +63,10 @@ def test_a_worker_is_alive_while_its_session_is(pg_url: str) -> None:
         watcher.close()
 
 
-def test_a_session_ended_by_the_server_is_a_death(pg_url: str) -> None:
+def test_a_session_ended_for_good_is_a_death(pg_url: str) -> None:
     """A network partition ends in the server closing the session (keepalives) or an admin
-    terminating it: the lock goes, and the jobs come back without waiting for the lease."""
+    terminating it: the lock goes and, once the worker has had the grace to take it again and
+    did not, the jobs come back without waiting for the lease."""
     watcher, holder = PostgresBackend(pg_url), PostgresBackend(pg_url)
     try:
         [job_id] = watcher.put([_job()], now=NOW)
@@ -63,7 +77,7 @@ def test_a_session_ended_by_the_server_is_a_death(pg_url: str) -> None:
                 "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
                 "WHERE application_name = 'crashonly worker cut-off'"
             )
-        report = watcher.recover(now=NOW)
+        report = _dead_after_grace(watcher)
         assert report.dead_workers == ["cut-off"] and report.requeued == [job_id]
     finally:
         holder.close()
@@ -123,6 +137,47 @@ def test_killed_worker_process_job_runs_elsewhere_within_a_second(
         assert restarted - killed < 3.0, f"re-ran {restarted - killed:.2f} s after SIGKILL"
         job = app.list_jobs(state="reserved")[0]
         assert job.deaths == 1 and job.attempts == 2
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        app.close()
+
+
+def test_ending_a_live_workers_lock_session_is_no_death(
+    pg_url: str, pg_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A pooler, a DBA or a failover ends the session holding a live worker's advisory lock,
+    again and again while its plain job runs. Another worker must not declare it dead: the
+    owner re-takes its lock within the grace, and the job runs once."""
+    app = crashonly.App(pg_url)
+    app.migrate()
+    marker = tmp_path / "starts"
+    env = dict(pg_env, DATABASE_URL=pg_url)
+    first = Proc(["worker", "pgapp:app"], env)
+    second: Proc | None = None
+    try:
+        first.wait_for(r"\bready\b")
+        handle = app.enqueue("pgapp.sleeper", [4, str(marker)])
+        first.wait_for(r"started .*pgapp.sleeper")
+        second = Proc(["worker", "pgapp:app"], env)
+        second.wait_for(r"\bready\b")
+        ended = 0
+        with psycopg.connect(conninfo(pg_url), autocommit=True) as admin:
+            deadline = time.monotonic() + 2.5
+            while time.monotonic() < deadline:
+                ended += len(admin.execute(
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                    "WHERE application_name LIKE %s",
+                    (f"crashonly worker %:{first.pid}:%",),
+                ).fetchall())
+                time.sleep(0.15)
+        assert ended >= 2  # the owner did come back between the cuts
+        first.wait_for(r"succeeded .*pgapp.sleeper", timeout=10)
+        assert len(marker.read_text().splitlines()) == 1, second.text()
+        assert not [line for line in second.lines if "dead_workers" in line], second.text()
+        job = app.get_job(handle.id)
+        assert job.state is JobState.DONE and job.attempts == 1 and job.deaths == 0
     finally:
         first.stop()
         if second is not None:

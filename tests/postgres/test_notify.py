@@ -48,13 +48,16 @@ def test_wait_for_change_wakes_on_a_ready_job_not_on_a_scheduled_one(pg_url: str
 
 def test_release_recovery_and_kick_wake_listeners(pg_url: str) -> None:
     backend = PostgresBackend(pg_url)
+    store_now = [NOW]
+    backend.store_clock = lambda: store_now[0]
     try:
         backend.wait_for_change(0)
         [job_id] = backend.put([_job()], now=NOW)
         assert backend.wait_for_change(1) is True
         backend.reserve(worker_id="gone", queues=["default"], limit=1, now=NOW)
         assert backend.wait_for_change(0.1) is False  # a claim makes nothing ready
-        assert backend.recover(now=NOW).requeued == [job_id]  # "gone" never registered
+        store_now[0] += 3600  # "gone" never registered: only its lease ends its claim
+        assert backend.recover(now=NOW).requeued == [job_id]
         assert backend.wait_for_change(1) is True
         assert backend.bury(job_id, "by hand", now=NOW)
         assert backend.kick([job_id], now=NOW) == 1

@@ -135,6 +135,7 @@ def test_a_fenced_out_holder_never_commits_its_effects(pg_url: str) -> None:
     app.migrate()
     create_effects(pg_url)
     backend = app.backend
+    backend.store_clock = lambda: clock_now[0]  # type: ignore[attr-defined]  # leases: store time
     [job_id] = backend.put([NewJob(task="x", queue="default", payload='{"args":[],"kwargs":{}}',
                                    run_at=clock_now[0], lease=5)], now=clock_now[0])
     [first], _ = backend.reserve(worker_id="w1", queues=["default"], limit=1, now=clock_now[0])

@@ -22,12 +22,14 @@ class Proc:
     tests/web/harness.Web is one too."""
 
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path = APPS,
-                 pass_fds: tuple[int, ...] = ()) -> None:
+                 pass_fds: tuple[int, ...] = (), wrap: tuple[str, ...] = (),
+                 python: str = PYTHON) -> None:
+        """``wrap``: a command prefix (``unshare ...``, ``runuser ...``)."""
         self.args = args
         self.lines: list[str] = []
         self.started = time.monotonic()
         self.popen = subprocess.Popen(
-            [PYTHON, "-m", "crashonly.cli", *args], cwd=cwd, env=env, text=True,
+            [*wrap, python, "-m", "crashonly.cli", *args], cwd=cwd, env=env, text=True,
             pass_fds=pass_fds, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -207,7 +207,8 @@ def test_a_worker_that_lost_its_lease_does_not_ack(
     first.wait_for(rf"started\s+job={handle.id}")
     # As if the first worker's machine went quiet: its lease runs out and the job moves on.
     with queue.backend.transaction() as conn:
-        conn.execute("UPDATE crashonly_jobs SET lease_expires_at = 0 WHERE id = ?", (handle.id,))
+        conn.execute("UPDATE crashonly_jobs SET lease_expires_at = 0, lease_deadline = 0 WHERE id = ?",
+                     (handle.id,))
     second = worker(db_url, subprocess_env)
     procs.append(second)
     second.wait_for(rf"started\s+job={handle.id}", timeout=10)

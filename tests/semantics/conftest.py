@@ -58,6 +58,8 @@ def clock() -> FakeClock:
 def app(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[crashonly.App]:
     url = BACKENDS[request.param](tmp_path, request)
     application = crashonly.App(url, clock=clock)
+    # The store decides leases and schedules on its own clock: make it the fake one too.
+    application.backend.store_clock = clock  # type: ignore[attr-defined]
     application.backend_name = request.param  # type: ignore[attr-defined]
     yield application
     application.close()

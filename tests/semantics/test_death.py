@@ -19,6 +19,7 @@ HOLDER = textwrap.dedent("""
     from crashonly.backends import WorkerInfo
     app = crashonly.App(sys.argv[1])
     now = float(sys.argv[2])
+    app.backend.store_clock = lambda: now  # the test's fake clock
     app.backend.register_worker(WorkerInfo(id="doomed", host=socket.gethostname(),
         pid=os.getpid(), started_at=now, heartbeat_at=now))
     got, _ = app.backend.reserve(worker_id="doomed", queues=["default"], limit=1, now=now)

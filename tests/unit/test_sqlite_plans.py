@@ -10,7 +10,7 @@ import pytest
 from crashonly.backends.sqlite import SCHEMA_VERSION, Q
 
 PARAMS = {"now": 1.0, "queue": "default", "limit": 100, "worker": "w", "token": 1,
-          "ids": "[1, 2]", "before": 0.0, "id": 1}
+          "ids": "[1, 2]", "before": 0.0, "id": 1, "mono": 1.0, "dead": "[]"}
 
 
 @pytest.fixture

@@ -49,6 +49,7 @@ class QueueMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = Clock()
         self.app = crashonly.App("sqlite:///:memory:", clock=self.clock, poison_after=POISON)
+        self.app.backend.store_clock = self.clock  # type: ignore[attr-defined]  # leases too
         self.app.backend.register_worker(WorkerInfo(
             id="w", host=socket.gethostname(), pid=os.getpid(), started_at=0, heartbeat_at=0))
         self.jobs: dict[int, M] = {}

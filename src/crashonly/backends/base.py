@@ -4,8 +4,12 @@ A backend stores opaque payloads and enforces the life cycle (docs/design.md): i
 leases, fencing tokens, retries' scheduling, poison detection and recovery. The layers above it
 (:mod:`crashonly.app`, :mod:`crashonly.worker`) never see SQL or a driver.
 
-Time is injected: every verb that reads the clock takes ``now`` (seconds since the epoch), so
-tests advance a fake clock instead of sleeping.
+Time: every verb takes ``now``, the caller's clock (seconds since the epoch), but a backend
+decides leases, schedules and recovery on the *store's* clock — PostgreSQL's own, SQLite's
+machine clocks read under the write lock — so a caller whose clock is off cannot steal a live
+lease or keep a dead one (docs/design.md, "Time and death"). The caller's ``now`` only turns
+the caller's times (``run_at``) into delays. Tests set ``store_clock`` to a fake clock and
+advance it instead of sleeping.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ class Capabilities:
     delays: bool = True
     priorities: bool = True
     unique_keys: bool = True
-    death_detection: str = "lease"  # "lease", "pid" (one machine), "session" (connection-bound)
+    # "lease", "lock" (a lock file the kernel releases, one machine), "session" (connection-bound)
+    death_detection: str = "lease"
     multi_process: bool = True  # many processes may share it (False for :memory:)
     remote: bool = False  # a server over the network: an outage is waited out, not fatal
 
@@ -62,6 +67,7 @@ class Backend(Protocol):
 
     url: str
     capabilities: Capabilities
+    store_clock: Callable[[], float] | None  # None: the store's own clock (tests fake it)
 
     # --- schema -------------------------------------------------------------------------------
     def migrate(self) -> int:
@@ -133,7 +139,15 @@ class Backend(Protocol):
 
     def register_worker(self, info: WorkerInfo) -> None: ...
 
-    def heartbeat(self, worker_id: str, *, now: float) -> None: ...
+    def heartbeat(self, worker_id: str, *, now: float) -> None:
+        """Record that the worker lives; a worker of this process whose registration vanished
+        (judged dead by mistake, deleted by hand) is registered again."""
+        ...
+
+    def clock_skew(self, now: float) -> float:
+        """How far the caller's clock (``now``, read just before the call) is ahead of the
+        store's (negative: behind), in seconds."""
+        ...
 
     def deregister_worker(self, worker_id: str) -> None: ...
 

@@ -9,10 +9,17 @@
 * Wake-ups: a statement trigger ``NOTIFY``\\s whenever a job becomes ready; an idle worker
   blocks on ``LISTEN`` on a connection of its own. Notifications are delivered at commit, so a
   transactional enqueue that rolls back wakes nobody.
+* Time: every lease, schedule, retry delay and recovery decision is made on the server's clock
+  (``clock_timestamp()``), so workers whose clocks disagree agree on the time. A caller's own
+  times (``run_at``) arrive as delays from the caller's ``now``. :meth:`clock_skew` measures
+  how far a caller's clock is off, for a warning.
 * Death detection: each registered worker holds a session advisory lock on a connection of its
   own (never a pooled one: a pooled connection outlives its borrower and would hide a death).
-  The lock dies with the process's connection; ``recover`` tries each registered worker's lock
-  and returns the jobs of those it can take. Lease expiry covers what a lock cannot see (a
+  The lock dies with the process's connection; ``recover`` tries each registered worker's
+  lock. A free lock alone is not a death (an admin, a pooler or a failover may end a live
+  worker's session, and the worker re-takes its lock within a second): the worker is dead when
+  its lock stays free for ``LOCK_GRACE`` seconds, or at once when it ran on this machine, in
+  this PID namespace, and its process is gone. Lease expiry covers what a lock cannot see (a
   network partition that leaves the connection half-open until TCP keepalives end it).
 * A server restart drops every lock at once. Workers reconnect and take their locks again; a
   lock older than the server's start gets ``RESTART_GRACE`` seconds to come back before its
@@ -66,6 +73,8 @@ _OPTIONS = {"schema", "pool_max", "pool_timeout"}
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 _PURGE_EVERY = 60.0
 _DEATH_SETTLES = 1.0  # how long a dead local process's session may take to end
+# The store's clock, read once per statement; a test may fix it through %(store_now)s.
+_NOW = "(SELECT coalesce(%(store_now)s::float8, extract(epoch from clock_timestamp())::float8))"
 _KINDS = {
     SettlementKind.ACK: "ack",
     SettlementKind.RELEASE: "release",
@@ -143,6 +152,7 @@ class PostgresBackend:
     """The queue in a PostgreSQL schema."""
 
     RESTART_GRACE = 10.0  # seconds a worker has to re-take its lock after a server restart
+    LOCK_GRACE = 5.0  # seconds a live worker has to re-take a lock its session lost
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
@@ -154,7 +164,13 @@ class PostgresBackend:
             transactional=True, death_detection="session", multi_process=True, remote=True
         )
         quoted = '"' + self.schema + '"'
-        self.q = {name: text.replace("{schema}", quoted) for name, text in _RAW.items()}
+        self.q = {
+            name: text.replace("{schema}", quoted).replace("{now}", _NOW)
+            for name, text in _RAW.items()
+        }
+        # The store's clock. None: the server's. Tests set a fake one to let leases expire
+        # without sleeping.
+        self.store_clock: Callable[[], float] | None = None
         self.channel = f"crashonly_{self.schema}"
         self._recovery_key = _lock_key("crashonly-recover", self.schema)
         self._migration_key = _lock_key("crashonly-migrate", self.schema)
@@ -171,9 +187,24 @@ class PostgresBackend:
         self._listen_lock = threading.Lock()
         self._registrations: dict[str, _Registration] = {}
         self._reg_lock = threading.RLock()
-        self._last_purge = 0.0
+        self._last_purge = float("-inf")
         self._waited_for: set[str] = set()
         self._closed = False
+
+    # --- time -------------------------------------------------------------------------------
+    def _clock(self) -> dict[str, float | None]:
+        """The parameter every query with ``{now}`` binds: None means the server's clock."""
+        return {"store_now": self.store_clock() if self.store_clock is not None else None}
+
+    def clock_skew(self, now: float) -> float:
+        """The caller's clock (``now``, read just before the call) minus the server's, the
+        round trip halved."""
+        start = time.monotonic()
+        with self._conn() as conn:
+            row = conn.execute("SELECT extract(epoch from clock_timestamp())::float8").fetchone()
+        elapsed = time.monotonic() - start
+        server = float(row[0]) if row else now
+        return now + elapsed / 2 - server
 
     # --- connections ------------------------------------------------------------------------
     def _translate(self, exc: BaseException) -> BackendError:
@@ -341,15 +372,17 @@ class PostgresBackend:
             raise self._translate(exc) from exc
 
     def _put(self, conn: Conn, jobs: Sequence[NewJob], now: float) -> list[int]:
+        # The caller's run_at is a delay from the caller's clock; the server adds its own now.
         states = ["scheduled" if j.run_at > now else "ready" for j in jobs]
+        clock = self._clock()
         if all(j.unique_key is None for j in jobs):
             params = {
                 "task": [j.task for j in jobs], "queue": [j.queue for j in jobs],
                 "state": states, "priority": [j.priority for j in jobs],
                 "payload": [j.payload for j in jobs],
                 "max_attempts": [j.max_attempts for j in jobs],
-                "lease": [float(j.lease) for j in jobs], "run_at": [float(j.run_at) for j in jobs],
-                "now": now,
+                "lease": [float(j.lease) for j in jobs],
+                "delay": [float(j.run_at) - now for j in jobs], **clock,
             }
             return sorted(r[0] for r in conn.execute(self.q["insert_jobs"], params))
         ids: list[int] = []
@@ -358,11 +391,12 @@ class PostgresBackend:
                 row = {
                     "task": j.task, "queue": j.queue, "state": state, "priority": j.priority,
                     "payload": j.payload, "max_attempts": j.max_attempts,
-                    "lease": float(j.lease), "run_at": float(j.run_at), "now": now,
+                    "lease": float(j.lease), "delay": float(j.run_at) - now,
+                    "unique_key": j.unique_key, **clock,
                 }
                 if j.unique_key is None:
-                    single = {k: [v] for k, v in row.items() if k != "now"}
-                    [[job_id]] = conn.execute(self.q["insert_jobs"], {**single, "now": now})
+                    single = {k: [v] for k, v in row.items() if k not in ("store_now", "unique_key")}
+                    [[job_id]] = conn.execute(self.q["insert_jobs"], {**single, **clock})
                     ids.append(job_id)
                 else:
                     ids.append(self._put_unique(conn, j, {
@@ -398,8 +432,8 @@ class PostgresBackend:
         # Drop wake-ups already pending: the claim below sees every commit they announce.
         self._drain_notifications()
         params = {
-            "now": now, "queues": list(dict.fromkeys(queues)), "limit": limit, "worker": worker_id,
-            "token": secrets.randbits(62), "commit": "on" if settle else "off",
+            "queues": list(dict.fromkeys(queues)), "limit": limit, "worker": worker_id,
+            "token": secrets.randbits(62), "commit": "on" if settle else "off", **self._clock(),
         }
         refused: list[int] = []
         with self._conn() as conn:
@@ -425,7 +459,7 @@ class PostgresBackend:
             "ids": [s.job_id for s in settlements], "tokens": [s.token for s in settlements],
             "kinds": [_KINDS[s.kind] for s in settlements],
             "results": [s.result for s in settlements], "errors": [s.error for s in settlements],
-            "delays": [max(0.0, float(s.delay)) for s in settlements], "now": now,
+            "delays": [max(0.0, float(s.delay)) for s in settlements], **self._clock(),
         }
         done = [r[0] for r in conn.execute(self.q["settle"], params)]
         return _missing([s.job_id for s in settlements], done)
@@ -433,7 +467,8 @@ class PostgresBackend:
     def touch(self, leases: Sequence[tuple[int, int]], *, now: float) -> list[int]:
         if not leases:
             return []
-        params = {"ids": [i for i, _ in leases], "tokens": [t for _, t in leases], "now": now}
+        params = {"ids": [i for i, _ in leases], "tokens": [t for _, t in leases],
+                  **self._clock()}
         with self._conn() as conn:
             done = [r[0] for r in conn.execute(self.q["touch"], params)]
         return _missing([i for i, _ in leases], done)
@@ -451,8 +486,8 @@ class PostgresBackend:
             except psycopg.Error as exc:  # the task's own SQL failed: its error, not ours
                 raise _Passthrough(exc) from exc
             params = {
-                "id": reservation.job.id, "token": reservation.token, "now": clock(),
-                "result": result,
+                "id": reservation.job.id, "token": reservation.token, "result": result,
+                **self._clock(),
             }
             # The ack locks the job's row until commit, so recovery cannot hand the job to
             # another worker between this fence and the commit.
@@ -492,7 +527,10 @@ class PostgresBackend:
         self, *, now: float, poison_after: int = 3, retention: float = 86400.0
     ) -> RecoveryReport:
         self._keep_locks()
-        purge = now - self._last_purge >= _PURGE_EVERY
+        # Purge cadence: local time is enough (the cut-off itself is on the server's clock).
+        ticks = self.store_clock() if self.store_clock is not None else time.monotonic()
+        purge = ticks - self._last_purge >= _PURGE_EVERY
+        clock = self._clock()
         requeued: list[int] = []
         buried: list[int] = []
         with self._conn() as conn, conn.transaction():
@@ -504,7 +542,7 @@ class PostgresBackend:
             dead = self._delete_dead_workers(conn)
             groups: dict[int, list[tuple[int, int, int, int]]] = {}
             for job_id, token, deaths, attempts, max_attempts in conn.execute(
-                self.q["orphans"], {"now": now}
+                self.q["orphans"], {"dead": dead, **clock}
             ):
                 groups.setdefault(token, []).append((job_id, deaths, attempts, max_attempts))
             for token, members in groups.items():
@@ -514,7 +552,7 @@ class PostgresBackend:
                     requeued.extend(ids)
                     continue
                 job_id, deaths, attempts, max_attempts = members[0]
-                params: dict[str, Any] = {"id": job_id, "token": token, "now": now}
+                params: dict[str, Any] = {"id": job_id, "token": token, **clock}
                 if deaths + 1 >= poison_after:
                     params["error"] = (
                         f"poison: the worker running it died {deaths + 1} times in a row"
@@ -532,39 +570,56 @@ class PostgresBackend:
                     params["error"] = "its worker died or its lease expired; requeued"
                     conn.execute(self.q["requeue_blamed"], params)
                     requeued.append(job_id)
-            promoted = conn.execute(self.q["promote"], {"now": now}).rowcount
+            promoted = conn.execute(self.q["promote"], clock).rowcount
             purged = 0
             if purge:
-                purged = conn.execute(
-                    self.q["purge"], {"before": now - retention, "now": now}
-                ).rowcount
-                self._last_purge = now
+                params = {"retention": retention, **clock}
+                purged = conn.execute(self.q["purge"], params).rowcount
+                self._last_purge = ticks
         return RecoveryReport(
             dead_workers=dead, requeued=requeued, buried=buried, promoted=promoted, purged=purged
         )
 
     def _delete_dead_workers(self, conn: Conn) -> list[str]:
-        """Delete the rows of workers whose lock is free and return their ids.
+        """Delete the rows of dead workers and return their ids.
 
-        The lock is the only authority. A worker of this machine whose process is gone may
-        still hold it for a few milliseconds, until the server reads its connection's end:
-        for those, wait a moment for the server to catch up (once per worker, so a pid this
-        machine cannot vouch for never slows every pass)."""
-        params = {"grace": self.RESTART_GRACE}
-        dead = [r[0] for r in conn.execute(self.q["delete_dead_workers"], params)]
+        Dead: the lock is free, and either it has stayed free for ``LOCK_GRACE`` seconds (a
+        live worker whose session was ended re-takes it well within that) or the worker ran
+        on this machine, in this PID namespace, and its process is gone. Such a process may
+        still hold its lock for a few milliseconds, until the server reads its connection's
+        end: for those, wait a moment for the server to catch up (once per worker, so a pid
+        this machine cannot vouch for never slows every pass)."""
+        dead = self._free_and_dead(conn)
         suspects = set()
         for row in conn.execute(self.q["workers"]):
-            worker_id, host, pid, boot_id, pid_start = row[0], row[1], row[2], row[7], row[8]
+            worker_id, host, pid, boot_id, pid_start, pid_ns = (
+                row[0], row[1], row[2], row[7], row[8], row[9])
             if worker_id in self._waited_for or boot_id != this_process().boot_id:
                 continue
-            identity = ProcessIdentity(host=host, boot_id=boot_id, pid=pid, start=pid_start)
+            identity = ProcessIdentity(host=host, boot_id=boot_id, pid=pid, start=pid_start,
+                                       pid_ns=pid_ns)
             if is_alive(identity) is False:
                 suspects.add(worker_id)
         self._waited_for |= suspects
         deadline = time.monotonic() + _DEATH_SETTLES
         while suspects - set(dead) and time.monotonic() < deadline:
             time.sleep(0.005)
-            dead += [r[0] for r in conn.execute(self.q["delete_dead_workers"], params)]
+            dead += [w for w in self._free_and_dead(conn) if w not in dead]
+        if dead:
+            conn.execute(self.q["delete_workers"], {"ids": dead})
+        return dead
+
+    def _free_and_dead(self, conn: Conn) -> list[str]:
+        dead = []
+        rows = conn.execute(self.q["free_worker_locks"], {"grace": self.RESTART_GRACE})
+        for worker_id, host, pid, boot_id, pid_start, pid_ns, free_for, lost_to_restart in rows:
+            if lost_to_restart or (free_for is not None and free_for >= self.LOCK_GRACE):
+                dead.append(worker_id)
+                continue
+            identity = ProcessIdentity(host=host, boot_id=boot_id, pid=pid, start=pid_start,
+                                       pid_ns=pid_ns)
+            if is_alive(identity) is False:
+                dead.append(worker_id)
         return dead
 
     def _lock(self, reg: _Registration) -> None:
@@ -583,9 +638,9 @@ class PostgresBackend:
             conn.execute(self.q["register_worker"], {
                 "id": info.id, "host": info.host or me.host, "boot_id": me.boot_id,
                 "pid": info.pid, "pid_start": me.start if info.pid == me.pid else "",
-                "started_at": info.started_at, "heartbeat_at": info.heartbeat_at,
-                "queues": json.dumps(info.queues), "concurrency": info.concurrency,
-                "lock_key": reg.key,
+                "pid_ns": me.pid_ns if info.pid == me.pid else "",
+                "started_at": info.started_at, "queues": json.dumps(info.queues),
+                "concurrency": info.concurrency, "lock_key": reg.key, **self._clock(),
             })
         except psycopg.Error as exc:
             conn.close()
@@ -623,7 +678,17 @@ class PostgresBackend:
     def heartbeat(self, worker_id: str, *, now: float) -> None:
         self._keep_locks()
         with self._conn() as conn:
-            conn.execute(self.q["heartbeat"], {"id": worker_id, "now": now})
+            found = conn.execute(self.q["heartbeat"], {"id": worker_id, **self._clock()}).rowcount
+        if not found:
+            # Our registration vanished (judged dead by someone, or deleted by hand) while this
+            # process lives: register again, on a fresh lock connection, and keep working.
+            with self._reg_lock:
+                reg = self._registrations.get(worker_id)
+                if reg is not None:
+                    if reg.conn is not None:
+                        reg.conn.close()
+                        reg.conn = None
+                    self._lock(reg)
 
     def deregister_worker(self, worker_id: str) -> None:
         with self._conn() as conn:
@@ -667,8 +732,8 @@ class PostgresBackend:
     def kick(self, job_ids: Sequence[int] | None, *, now: float) -> int:
         with self._conn() as conn:
             if job_ids is None:
-                return conn.execute(self.q["kick_all"], {"now": now}).rowcount
-            params = {"ids": [int(i) for i in job_ids], "now": now}
+                return conn.execute(self.q["kick_all"], self._clock()).rowcount
+            params = {"ids": [int(i) for i in job_ids], **self._clock()}
             return conn.execute(self.q["kick"], params).rowcount
 
     def delete(self, job_id: int) -> bool:
@@ -677,7 +742,7 @@ class PostgresBackend:
 
     def bury(self, job_id: int, reason: str, *, now: float) -> bool:
         with self._conn() as conn:
-            params = {"id": job_id, "error": reason, "now": now}
+            params = {"id": job_id, "error": reason, **self._clock()}
             return conn.execute(self.q["bury"], params).rowcount == 1
 
     # --- wake-ups -----------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 -- PostgreSQL dialect of the crashonly queue. Parameters are always bound (%(name)s).
 -- {schema} is the quoted schema identifier, substituted once when the file is loaded (an
 -- identifier cannot be bound); the schema name is validated as a plain lowercase identifier.
--- Times are float8 seconds since the epoch, passed in by the caller's clock. Lower priority
--- numbers run first.
+-- Times are float8 seconds since the epoch on the server's clock: {now} is substituted at load
+-- time with the server's clock_timestamp() (read once per statement, an InitPlan), or with
+-- %(store_now)s when a test fixes the store's clock. A caller's own times arrive as delays.
+-- Lower priority numbers run first.
 
 -- name: migration_1
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -84,6 +86,10 @@ ALTER TABLE {schema}.jobs
 UPDATE {schema}.jobs SET key_held = true WHERE unique_key IS NOT NULL AND state <> 'done';
 DROP INDEX IF EXISTS {schema}.jobs_unique;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON {schema}.jobs (task, unique_key) WHERE key_held;
+-- pid_ns: a pid is judged only inside its own PID namespace. lock_free_since (server clock):
+-- when a worker's lock was first seen free; it is dead only once that lasts (LOCK_GRACE).
+ALTER TABLE {schema}.workers ADD COLUMN IF NOT EXISTS pid_ns text NOT NULL DEFAULT '';
+ALTER TABLE {schema}.workers ADD COLUMN IF NOT EXISTS lock_free_since timestamptz;
 
 -- name: schema_exists
 SELECT to_regclass('{schema}.meta') IS NOT NULL;
@@ -102,12 +108,12 @@ SELECT pg_advisory_xact_lock(%(key)s);
 -- Ids come from one sequence in row order, so sorted ids match the input order.
 INSERT INTO {schema}.jobs
     (task, queue, state, priority, payload, max_attempts, lease_seconds, run_at, created_at)
-SELECT t.task, t.queue, t.state, t.priority, t.payload, t.max_attempts, t.lease, t.run_at,
-       %(now)s
+SELECT t.task, t.queue, t.state, t.priority, t.payload, t.max_attempts, t.lease,
+       {now} + t.delay, {now}
 FROM unnest(%(task)s::text[], %(queue)s::text[], %(state)s::text[], %(priority)s::int[],
             %(payload)s::text[], %(max_attempts)s::int[], %(lease)s::float8[],
-            %(run_at)s::float8[])
-     WITH ORDINALITY AS t(task, queue, state, priority, payload, max_attempts, lease, run_at, n)
+            %(delay)s::float8[])
+     WITH ORDINALITY AS t(task, queue, state, priority, payload, max_attempts, lease, delay, n)
 ORDER BY t.n
 RETURNING id;
 
@@ -116,7 +122,7 @@ RETURNING id;
 -- lets go of it now. (The row lock this takes orders two enqueues racing for the same key.)
 UPDATE {schema}.jobs SET key_held = false
 WHERE task = %(task)s AND unique_key = %(unique_key)s AND key_held
-  AND ((state = 'done' AND (key_done_for = 0 OR finished_at + key_done_for <= %(now)s))
+  AND ((state = 'done' AND (key_done_for = 0 OR finished_at + key_done_for <= {now}))
        OR (state = 'buried' AND NOT key_buried));
 
 -- name: insert_unique_job
@@ -124,7 +130,7 @@ INSERT INTO {schema}.jobs
     (task, queue, state, priority, payload, max_attempts, lease_seconds, run_at, created_at,
      unique_key, key_held, key_done_for, key_buried)
 VALUES (%(task)s, %(queue)s, %(state)s, %(priority)s, %(payload)s, %(max_attempts)s,
-        %(lease)s, %(run_at)s, %(now)s, %(unique_key)s, true, %(key_done_for)s,
+        %(lease)s, {now} + %(delay)s, {now}, %(unique_key)s, true, %(key_done_for)s,
         %(key_buried)s)
 ON CONFLICT (task, unique_key) WHERE key_held DO NOTHING
 RETURNING id;
@@ -147,7 +153,7 @@ WITH cfg AS (
     FROM unnest(%(queues)s::text[]) AS q(name),
     LATERAL (
         SELECT id, alone, priority, run_at FROM {schema}.jobs
-        WHERE queue = q.name AND state IN ('ready', 'scheduled') AND run_at <= %(now)s
+        WHERE queue = q.name AND state IN ('ready', 'scheduled') AND run_at <= {now}
         ORDER BY priority, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -161,7 +167,7 @@ WITH cfg AS (
 )
 UPDATE {schema}.jobs AS j
 SET state = 'reserved', worker = %(worker)s, token = %(token)s, attempts = j.attempts + 1,
-    alone = false, lease_expires_at = %(now)s + j.lease_seconds
+    alone = false, lease_expires_at = {now} + j.lease_seconds
 FROM ranked, cfg
 WHERE j.id = ranked.id AND ranked.n <= %(limit)s AND (ranked.n = 1 OR ranked.alone_so_far = 0)
 RETURNING j.id, j.task, j.queue, j.state, j.priority, j.payload, j.attempts, j.max_attempts,
@@ -180,11 +186,11 @@ SET state = CASE
     result = CASE WHEN s.kind = 'ack' THEN s.result ELSE j.result END,
     attempts = CASE WHEN s.kind = 'release' THEN j.attempts - 1 ELSE j.attempts END,
     run_at = CASE WHEN s.kind = 'fail' AND j.attempts < j.max_attempts
-                  THEN %(now)s + s.delay ELSE j.run_at END,
+                  THEN {now} + s.delay ELSE j.run_at END,
     finished_at = CASE
-        WHEN s.kind IN ('ack', 'bury') THEN %(now)s
+        WHEN s.kind IN ('ack', 'bury') THEN {now}
         WHEN s.kind = 'release' THEN j.finished_at
-        WHEN j.attempts >= j.max_attempts THEN %(now)s END,
+        WHEN j.attempts >= j.max_attempts THEN {now} END,
     last_error = CASE WHEN s.kind IN ('fail', 'bury') THEN s.error ELSE j.last_error END,
     worker = CASE WHEN s.kind IN ('release', 'fail') THEN NULL ELSE j.worker END,
     deaths = CASE WHEN s.kind = 'bury' THEN j.deaths ELSE 0 END,
@@ -197,7 +203,7 @@ RETURNING j.id;
 
 -- name: ack
 UPDATE {schema}.jobs
-SET state = 'done', result = %(result)s, finished_at = %(now)s, lease_expires_at = NULL,
+SET state = 'done', result = %(result)s, finished_at = {now}, lease_expires_at = NULL,
     deaths = 0
 WHERE id = %(id)s AND token = %(token)s AND state = 'reserved';
 
@@ -205,32 +211,33 @@ WHERE id = %(id)s AND token = %(token)s AND state = 'reserved';
 -- Not worth an fsync either: a lease extension lost to a server crash only lets the job be
 -- handed out again, and the token fences the old holder.
 WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true))
-UPDATE {schema}.jobs AS j SET lease_expires_at = %(now)s + j.lease_seconds
+UPDATE {schema}.jobs AS j SET lease_expires_at = {now} + j.lease_seconds
 FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS s(id, token), cfg
 WHERE j.id = s.id AND j.token = s.token AND j.state = 'reserved'
 RETURNING j.id;
 
 -- name: workers
-SELECT id, host, pid, started_at, heartbeat_at, queues, concurrency, boot_id, pid_start
+SELECT id, host, pid, started_at, heartbeat_at, queues, concurrency, boot_id, pid_start, pid_ns
 FROM {schema}.workers ORDER BY started_at, id;
 
 -- name: register_worker
 INSERT INTO {schema}.workers
-    (id, host, boot_id, pid, pid_start, started_at, heartbeat_at, queues, concurrency,
-     lock_key, locked_at)
-VALUES (%(id)s, %(host)s, %(boot_id)s, %(pid)s, %(pid_start)s, %(started_at)s,
-        %(heartbeat_at)s, %(queues)s, %(concurrency)s, %(lock_key)s, now())
+    (id, host, boot_id, pid, pid_start, pid_ns, started_at, heartbeat_at, queues, concurrency,
+     lock_key, locked_at, lock_free_since)
+VALUES (%(id)s, %(host)s, %(boot_id)s, %(pid)s, %(pid_start)s, %(pid_ns)s, %(started_at)s,
+        {now}, %(queues)s, %(concurrency)s, %(lock_key)s, now(), NULL)
 ON CONFLICT (id) DO UPDATE
 SET host = excluded.host, boot_id = excluded.boot_id, pid = excluded.pid,
-    pid_start = excluded.pid_start, started_at = excluded.started_at,
+    pid_start = excluded.pid_start, pid_ns = excluded.pid_ns, started_at = excluded.started_at,
     heartbeat_at = excluded.heartbeat_at, queues = excluded.queues,
-    concurrency = excluded.concurrency, lock_key = excluded.lock_key, locked_at = now();
+    concurrency = excluded.concurrency, lock_key = excluded.lock_key, locked_at = now(),
+    lock_free_since = NULL;
 
 -- name: take_worker_lock
 SELECT pg_advisory_lock(%(key)s);
 
 -- name: heartbeat
-UPDATE {schema}.workers SET heartbeat_at = %(now)s WHERE id = %(id)s;
+UPDATE {schema}.workers SET heartbeat_at = {now} WHERE id = %(id)s;
 
 -- name: deregister_worker
 DELETE FROM {schema}.workers WHERE id = %(id)s;
@@ -241,24 +248,32 @@ SELECT pg_terminate_backend(%(pid)s, 5000);
 -- name: lock_recovery
 SELECT pg_try_advisory_xact_lock(%(key)s);
 
--- name: delete_dead_workers
--- Dead: nobody holds its lock (trying it ourselves is the test, and holding it to commit keeps
--- a reconnecting worker from re-registering halfway through). A lock that predates the
--- server's start was lost to the restart, not to a death: its worker gets :grace seconds to
--- reconnect and take it again before it counts as dead.
-DELETE FROM {schema}.workers
+-- name: free_worker_locks
+-- Workers whose lock nobody holds (trying it ourselves is the test, and holding it to commit
+-- keeps a reconnecting worker from re-registering halfway through), with how long it has been
+-- seen free. A free lock alone is not a death: the worker's session may have been ended (an
+-- admin, a pooler, a failover) while the process lives and is about to take it again. A lock
+-- that predates the server's start was lost to the restart: its worker gets :grace seconds to
+-- reconnect before its lock is even looked at, and is dead if it is still free after that.
+UPDATE {schema}.workers
+SET lock_free_since = coalesce(lock_free_since, clock_timestamp())
 WHERE CASE WHEN locked_at > pg_postmaster_start_time()
              OR clock_timestamp() > pg_postmaster_start_time() + make_interval(secs => %(grace)s)
            THEN pg_try_advisory_xact_lock(lock_key)
            ELSE false END
-RETURNING id;
+RETURNING id, host, pid, boot_id, pid_start, pid_ns,
+          extract(epoch from clock_timestamp() - lock_free_since)::float8,
+          locked_at <= pg_postmaster_start_time();
+
+-- name: delete_workers
+DELETE FROM {schema}.workers WHERE id = ANY(%(ids)s);
 
 -- name: orphans
 SELECT j.id, j.token, j.deaths, j.attempts, j.max_attempts FROM {schema}.jobs AS j
 WHERE j.state = 'reserved'
-  AND (j.lease_expires_at < %(now)s
+  AND (j.lease_expires_at < {now}
        OR j.worker IS NULL
-       OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = j.worker))
+       OR j.worker = ANY(%(dead)s))
 ORDER BY j.token, j.id
 FOR UPDATE OF j SKIP LOCKED;
 
@@ -278,19 +293,19 @@ WHERE id = %(id)s AND token = %(token)s AND state = 'reserved';
 
 -- name: bury_orphan
 UPDATE {schema}.jobs
-SET state = 'buried', deaths = deaths + 1, last_error = %(error)s, finished_at = %(now)s,
+SET state = 'buried', deaths = deaths + 1, last_error = %(error)s, finished_at = {now},
     lease_expires_at = NULL
 WHERE id = %(id)s AND token = %(token)s AND state = 'reserved';
 
 -- name: promote
 UPDATE {schema}.jobs SET state = 'ready'
-WHERE state = 'scheduled' AND run_at <= %(now)s;
+WHERE state = 'scheduled' AND run_at <= {now};
 
 -- name: purge
 -- A done job still holding its unique key stays until its window ends.
 DELETE FROM {schema}.jobs
-WHERE state = 'done' AND finished_at < %(before)s
-  AND (NOT key_held OR finished_at + key_done_for < %(now)s);
+WHERE state = 'done' AND finished_at < {now} - %(retention)s
+  AND (NOT key_held OR finished_at + key_done_for < {now});
 
 -- name: get
 -- payload false reads '' instead of the call's arguments (a status poll needs no megabytes).
@@ -314,13 +329,13 @@ SELECT queue, state, count(*) FROM {schema}.jobs GROUP BY queue, state;
 
 -- name: kick
 UPDATE {schema}.jobs
-SET state = 'ready', attempts = 0, deaths = 0, run_at = %(now)s, finished_at = NULL,
+SET state = 'ready', attempts = 0, deaths = 0, run_at = {now}, finished_at = NULL,
     worker = NULL
 WHERE state = 'buried' AND id = ANY(%(ids)s);
 
 -- name: kick_all
 UPDATE {schema}.jobs
-SET state = 'ready', attempts = 0, deaths = 0, run_at = %(now)s, finished_at = NULL,
+SET state = 'ready', attempts = 0, deaths = 0, run_at = {now}, finished_at = NULL,
     worker = NULL
 WHERE state = 'buried';
 
@@ -329,5 +344,5 @@ DELETE FROM {schema}.jobs WHERE id = %(id)s;
 
 -- name: bury
 UPDATE {schema}.jobs
-SET state = 'buried', last_error = %(error)s, finished_at = %(now)s
+SET state = 'buried', last_error = %(error)s, finished_at = {now}
 WHERE id = %(id)s AND state IN ('ready', 'scheduled');

@@ -13,8 +13,14 @@
   checkpoint, so a burst (one huge transaction, a disk-full incident) does not leave it
   occupying the volume for good, and recovery's purge pass (once a minute) empties it when
   nobody is using it. A full disk is a :class:`BackendUnavailable` that says so.
-* Death detection: workers register pid + process start time + boot id; any live process's
-  recovery returns the jobs of a dead one (see :mod:`crashonly.liveness`).
+* Death detection: a worker holds a POSIX lock on a file of its own (``<db>-workers/<id>.lock``)
+  that the kernel releases when it dies, and registers pid, process start time, boot id and
+  PID namespace as a fallback; any live process's recovery returns the jobs of a dead one (see
+  :mod:`crashonly.liveness`).
+* Time: the backend reads the machine's clocks itself, under the write lock, so a lease starts
+  when its claim holds the lock (not when the caller asked). Leases are decided on the
+  monotonic clock, which steps of the wall clock do not move; schedules (``run_at``) are
+  wall-clock times. The caller's ``now`` only turns its own times into delays.
 * Throughput comes from fewer commits per job: claims in batches, and a batch's
   settlements (acks, releases, failures) folded into the next claim's transaction.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -49,7 +56,14 @@ from ..job import (
     SettlementKind,
     job_from_row,
 )
-from ..liveness import ProcessIdentity, is_alive
+from ..liveness import (
+    ProcessIdentity,
+    WorkerLock,
+    is_alive,
+    lock_is_held,
+    remove_lock_file,
+    this_process,
+)
 from .base import Capabilities, RecoveryReport, WorkerInfo
 from .sql import load_queries
 from .sqlite_lock import Revoker, describe_holder
@@ -70,6 +84,11 @@ _SETTLE = {
 
 
 _job = job_from_row
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
+# Shared by every process on the machine, whatever its namespace; not moved by wall-clock
+# steps. (Not CLOCK_BOOTTIME: a suspended laptop suspends its workers too, and their leases
+# should not expire for the time nobody ran.)
+_MONOTONIC = getattr(time, "CLOCK_MONOTONIC", None)
 
 
 def _writable(path: str) -> bool:
@@ -147,7 +166,7 @@ class SQLiteBackend:
                 f"transaction_timeout in {url!r} must be a positive number of seconds"
             )
         self.capabilities = Capabilities(
-            transactional=True, death_detection="pid", multi_process=not self.memory
+            transactional=True, death_detection="lock", multi_process=not self.memory
         )
         if not self.memory:
             self.path = os.path.abspath(self.path)
@@ -170,6 +189,11 @@ class SQLiteBackend:
         self._connections_lock = threading.Lock()
         self._last_purge = 0.0
         self._ready = False
+        # The store's clock. None: the machine's (wall clock for records and schedules,
+        # monotonic for leases). Tests set a fake one to let leases expire without sleeping.
+        self.store_clock: Callable[[], float] | None = None
+        self._registrations: dict[str, tuple[WorkerInfo, WorkerLock | None]] = {}
+        self._real_path: str | None = None
 
     # --- connections ------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -287,6 +311,18 @@ class SQLiteBackend:
             except sqlite3.DatabaseError as exc:
                 raise self._translate(exc) from exc
 
+    def _wall(self) -> float:
+        return self.store_clock() if self.store_clock is not None else time.time()
+
+    def _mono(self) -> float:
+        if self.store_clock is not None:
+            return self.store_clock()
+        return time.clock_gettime(_MONOTONIC) if _MONOTONIC is not None else time.monotonic()
+
+    def clock_skew(self, now: float) -> float:
+        """The caller's clock minus this machine's wall clock."""
+        return now - self._wall()
+
     # --- schema -----------------------------------------------------------------------------
     def _version(self, conn: sqlite3.Connection) -> int:
         try:
@@ -348,9 +384,11 @@ class SQLiteBackend:
             return self._put_rows(conn, jobs, now)
 
     def _put_rows(self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> list[int]:
+        # The caller's run_at is a delay from the caller's now; it lands on the store's clock.
+        wall = self._wall()
         rows = [
             (j.task, j.queue, "scheduled" if j.run_at > now else "ready", j.priority, j.payload,
-             j.max_attempts, j.lease, j.run_at, now, j.unique_key)
+             j.max_attempts, j.lease, wall + (j.run_at - now), wall, j.unique_key)
             for j in jobs
         ]
         try:
@@ -367,7 +405,7 @@ class SQLiteBackend:
                     continue
                 named = {"task": j.task, "queue": j.queue, "state": row[2], "priority": j.priority,
                          "payload": j.payload, "max_attempts": j.max_attempts, "lease": j.lease,
-                         "run_at": j.run_at, "now": now, "unique_key": j.unique_key,
+                         "run_at": row[7], "now": wall, "unique_key": j.unique_key,
                          "key_done_for": j.unique_after_done,
                          "key_buried": int(j.unique_while_buried)}
                 conn.execute(Q["release_key"], named)
@@ -394,10 +432,14 @@ class SQLiteBackend:
         if limit <= 0:
             return [], self.settle(settle, now=now) if settle else []
         token = int.from_bytes(os.urandom(8), "big") >> 2  # 62 random bits, no hashlib import
-        params: dict[str, Any] = {"worker": worker_id, "token": token, "now": now,
+        params: dict[str, Any] = {"worker": worker_id, "token": token,
                                   "queue": queues[0] if queues else "", "limit": limit}
         try:
             with self._write() as conn:
+                # Read under the write lock: a claim that waited for another transaction's
+                # long write lock starts its leases now, not when it began to wait.
+                params["now"] = now = self._wall()
+                params["mono"] = self._mono()
                 refused = self._settle(conn, settle, now) if settle else []
                 if len(queues) == 1 and not conn.execute(Q["suspects_waiting"]).fetchone():
                     rows = conn.execute(Q["claim_next"], params).fetchall()
@@ -449,7 +491,7 @@ class SQLiteBackend:
             return []
         try:
             with self._write() as conn:
-                return self._settle(conn, settlements, now)
+                return self._settle(conn, settlements, self._wall())
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
 
@@ -497,8 +539,9 @@ class SQLiteBackend:
         refused = []
         try:
             with self._write() as conn:
+                wall, mono = self._wall(), self._mono()  # under the lock, as for claims
                 for job_id, token in leases:
-                    params = {"id": job_id, "token": token, "now": now}
+                    params = {"id": job_id, "token": token, "now": wall, "mono": mono}
                     if conn.execute(Q["touch"], params).rowcount != 1:
                         refused.append(job_id)
         except sqlite3.DatabaseError as exc:
@@ -528,7 +571,7 @@ class SQLiteBackend:
                     raise self._held_too_long(reservation)
                 params = {
                     "id": reservation.job.id, "token": reservation.token,
-                    "now": clock(), "result": result,
+                    "now": self._wall(), "result": result,
                 }
                 if conn.execute(Q["ack"], params).rowcount != 1:
                     raise StaleLease(
@@ -558,11 +601,26 @@ class SQLiteBackend:
         Revoker(connection, None).revoke()
 
     # --- recovery and workers -----------------------------------------------------------------
+    def _lock_path(self, worker_id: str) -> str:
+        # The real path: one file must never be known to this process under two names (a
+        # probe under the other name would close a descriptor of it and drop our own lock).
+        if self._real_path is None:
+            self._real_path = os.path.realpath(self.path)
+        return f"{self._real_path}-workers/{_UNSAFE.sub('_', worker_id)}.lock"
+
     def _dead_workers(self) -> list[str]:
+        """Workers provably dead: their lock file is free, or (no lock file: an older
+        crashonly, or registered for another process) their pid is gone from this PID
+        namespace. A worker that neither can judge is left to its leases."""
         dead = []
         for row in self._read(Q["workers"]):
-            identity = ProcessIdentity(host=row[1], boot_id=row[2], pid=row[3], start=row[4])
-            if is_alive(identity) is False:
+            if row[0] in self._registrations:
+                continue  # ours, and we are running this
+            alive = None if self.memory else lock_is_held(self._lock_path(row[0]))
+            if alive is None:
+                alive = is_alive(ProcessIdentity(
+                    host=row[1], boot_id=row[2], pid=row[3], start=row[4], pid_ns=row[9]))
+            if alive is False:
                 dead.append(row[0])
         return dead
 
@@ -570,22 +628,26 @@ class SQLiteBackend:
         self, *, now: float, poison_after: int = 3, retention: float = 86400.0
     ) -> RecoveryReport:
         dead = self._dead_workers()
-        purge = now - self._last_purge >= _PURGE_EVERY
+        wall = self._wall()
+        purge = wall - self._last_purge >= _PURGE_EVERY
+        clocks = {"now": wall, "mono": self._mono(), "dead": json.dumps(dead)}
         # Cheap reads first: a healthy queue needs no write lock here.
         if not (
             dead
             or purge
-            or self._read(Q["orphans_exist"], {"now": now})
-            or self._read(Q["due_scheduled_exist"], {"now": now})
+            or self._read(Q["orphans_exist"], clocks)
+            or self._read(Q["due_scheduled_exist"], clocks)
         ):
             return RecoveryReport()
         requeued: list[int] = []
         buried: list[int] = []
         try:
             with self._write() as conn:
+                now = self._wall()
+                clocks.update(now=now, mono=self._mono())
                 for worker_id in dead:
                     conn.execute(Q["deregister_worker"], {"id": worker_id})
-                orphans = conn.execute(Q["orphans"], {"now": now}).fetchall()
+                orphans = conn.execute(Q["orphans"], clocks).fetchall()
                 groups: dict[int, list[tuple[int, int, int, int]]] = {}
                 for job_id, token, deaths, attempts, max_attempts in orphans:
                     groups.setdefault(token, []).append((job_id, deaths, attempts, max_attempts))
@@ -625,6 +687,9 @@ class SQLiteBackend:
             raise self._translate(exc) from exc
         if purge:
             self._truncate_wal()
+        if not self.memory:
+            for worker_id in dead:
+                remove_lock_file(self._lock_path(worker_id))
         return RecoveryReport(
             dead_workers=dead, requeued=requeued, buried=buried, promoted=promoted, purged=purged
         )
@@ -645,25 +710,49 @@ class SQLiteBackend:
                 conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
 
     def register_worker(self, info: WorkerInfo) -> None:
-        from ..liveness import this_process
-
         me = this_process()
+        ours = info.pid == me.pid
+        lock = None
+        if ours and not self.memory and info.id not in self._registrations:
+            try:
+                # Before the row exists: a prober never finds a registered worker unlocked.
+                lock = WorkerLock(self._lock_path(info.id))
+            except OSError:
+                lock = None  # a read-only folder: judged by pid and lease, as before
+        elif info.id in self._registrations:
+            lock = self._registrations[info.id][1]
         params = {
             "id": info.id, "host": info.host or me.host, "boot_id": me.boot_id,
-            "pid": info.pid, "pid_start": me.start if info.pid == me.pid else "",
+            "pid": info.pid, "pid_start": me.start if ours else "",
+            "pid_ns": me.pid_ns if ours else "",
             "started_at": info.started_at, "heartbeat_at": info.heartbeat_at,
             "queues": json.dumps(info.queues), "concurrency": info.concurrency,
         }
-        with self._write() as conn:
-            conn.execute(Q["register_worker"], params)
+        try:
+            with self._write() as conn:
+                conn.execute(Q["register_worker"], params)
+        except BaseException:
+            if lock is not None and info.id not in self._registrations:
+                lock.release()
+            raise
+        if ours:
+            self._registrations[info.id] = (info, lock)
 
     def heartbeat(self, worker_id: str, *, now: float) -> None:
         with self._write() as conn:
-            conn.execute(Q["heartbeat"], {"id": worker_id, "now": now})
+            found = conn.execute(Q["heartbeat"], {"id": worker_id, "now": self._wall()}).rowcount
+        if not found and worker_id in self._registrations:
+            # Our registration vanished (deleted by hand, or by a process that wrongly judged
+            # us dead): this process is alive, so register again and keep working. Jobs still
+            # held under our token stay ours; any already requeued are fenced off by theirs.
+            self.register_worker(self._registrations[worker_id][0])
 
     def deregister_worker(self, worker_id: str) -> None:
         with self._write() as conn:
             conn.execute(Q["deregister_worker"], {"id": worker_id})
+        _info, lock = self._registrations.pop(worker_id, (None, None))
+        if lock is not None:
+            lock.release()
 
     def workers(self) -> list[WorkerInfo]:
         return [
@@ -693,6 +782,7 @@ class SQLiteBackend:
 
     def kick(self, job_ids: Sequence[int] | None, *, now: float) -> int:
         with self._write() as conn:
+            now = self._wall()
             if job_ids is None:
                 return conn.execute(Q["kick_all"], {"now": now}).rowcount
             return sum(conn.execute(Q["kick"], {"id": i, "now": now}).rowcount for i in job_ids)
@@ -703,7 +793,7 @@ class SQLiteBackend:
 
     def bury(self, job_id: int, reason: str, *, now: float) -> bool:
         with self._write() as conn:
-            params = {"id": job_id, "error": reason, "now": now}
+            params = {"id": job_id, "error": reason, "now": self._wall()}
             return conn.execute(Q["bury"], params).rowcount == 1
 
     def wait_for_change(self, timeout: float) -> bool:

@@ -1,5 +1,7 @@
 -- SQLite dialect of the crashonly queue. Parameters are always bound (named :params).
--- Times are REAL seconds since the epoch. Lower priority numbers run first.
+-- Times are REAL seconds since the epoch (the machine's wall clock, read by the backend under
+-- the write lock), but for lease_deadline: seconds of the monotonic clock. Lower priority
+-- numbers run first.
 
 -- name: migration_1
 CREATE TABLE IF NOT EXISTS crashonly_meta (
@@ -68,6 +70,12 @@ UPDATE crashonly_jobs SET key_held = 1 WHERE unique_key IS NOT NULL AND state <>
 DROP INDEX IF EXISTS crashonly_jobs_unique;
 CREATE UNIQUE INDEX IF NOT EXISTS crashonly_jobs_key ON crashonly_jobs (task, unique_key)
     WHERE key_held = 1;
+-- Leases are decided on the machine's monotonic clock (immune to wall-clock steps, shared by
+-- every process on the machine, whatever its PID namespace): lease_deadline. The wall-clock
+-- lease_expires_at stays for people. A row claimed before this migration has no deadline and
+-- is judged by lease_expires_at. pid_ns: a pid is judged only inside its own PID namespace.
+ALTER TABLE crashonly_jobs ADD COLUMN lease_deadline REAL;
+ALTER TABLE crashonly_workers ADD COLUMN pid_ns TEXT NOT NULL DEFAULT '';
 
 -- name: schema_version
 SELECT value FROM crashonly_meta WHERE key = 'schema_version';
@@ -128,7 +136,7 @@ SELECT 1 FROM crashonly_jobs WHERE alone = 1 AND state IN ('ready', 'scheduled')
 -- unique_key, last_error (the rest of a reserved job is known: see reserve()).
 UPDATE crashonly_jobs
 SET state = 'reserved', worker = :worker, token = :token, attempts = attempts + 1,
-    lease_expires_at = :now + lease_seconds
+    lease_expires_at = :now + lease_seconds, lease_deadline = :mono + lease_seconds
 WHERE id IN (SELECT id FROM crashonly_jobs
              WHERE state IN ('ready', 'scheduled') AND run_at <= :now
                AND queue = :queue
@@ -140,7 +148,7 @@ RETURNING id, task, queue, priority, payload, attempts, max_attempts, deaths, le
 -- name: claim
 UPDATE crashonly_jobs
 SET state = 'reserved', worker = :worker, token = :token, attempts = attempts + 1, alone = 0,
-    lease_expires_at = :now + lease_seconds
+    lease_expires_at = :now + lease_seconds, lease_deadline = :mono + lease_seconds
 WHERE id IN (SELECT value FROM json_each(:ids))
 RETURNING id, task, queue, priority, payload, attempts, max_attempts, deaths, lease_seconds,
           run_at, created_at, unique_key, last_error;
@@ -180,18 +188,19 @@ SET state = 'buried', last_error = :error, finished_at = :now, lease_expires_at 
 WHERE id = :id AND token = :token AND state = 'reserved';
 
 -- name: touch
-UPDATE crashonly_jobs SET lease_expires_at = :now + lease_seconds
+UPDATE crashonly_jobs
+SET lease_expires_at = :now + lease_seconds, lease_deadline = :mono + lease_seconds
 WHERE id = :id AND token = :token AND state = 'reserved';
 
 -- name: workers
-SELECT id, host, boot_id, pid, pid_start, started_at, heartbeat_at, queues, concurrency
+SELECT id, host, boot_id, pid, pid_start, started_at, heartbeat_at, queues, concurrency, pid_ns
 FROM crashonly_workers ORDER BY started_at;
 
 -- name: register_worker
 INSERT OR REPLACE INTO crashonly_workers
-    (id, host, boot_id, pid, pid_start, started_at, heartbeat_at, queues, concurrency)
+    (id, host, boot_id, pid, pid_start, started_at, heartbeat_at, queues, concurrency, pid_ns)
 VALUES (:id, :host, :boot_id, :pid, :pid_start, :started_at, :heartbeat_at, :queues,
-        :concurrency);
+        :concurrency, :pid_ns);
 
 -- name: heartbeat
 UPDATE crashonly_workers SET heartbeat_at = :now WHERE id = :id;
@@ -202,17 +211,25 @@ DELETE FROM crashonly_workers WHERE id = :id;
 -- name: orphans_exist
 SELECT 1 FROM crashonly_jobs
 WHERE state = 'reserved'
-  AND (lease_expires_at < :now
-       OR worker IS NULL
-       OR worker NOT IN (SELECT id FROM crashonly_workers))
+  AND (worker IS NULL
+       OR worker IN (SELECT value FROM json_each(:dead))
+       OR lease_deadline < :mono
+       -- A deadline beyond any lease taken since boot was set before a reboot (the monotonic
+       -- clock restarted): long expired.
+       OR lease_deadline > :mono + lease_seconds + 1
+       OR (lease_deadline IS NULL AND lease_expires_at < :now))
 LIMIT 1;
 
 -- name: orphans
 SELECT id, token, deaths, attempts, max_attempts FROM crashonly_jobs
 WHERE state = 'reserved'
-  AND (lease_expires_at < :now
-       OR worker IS NULL
-       OR worker NOT IN (SELECT id FROM crashonly_workers))
+  AND (worker IS NULL
+       OR worker IN (SELECT value FROM json_each(:dead))
+       OR lease_deadline < :mono
+       -- A deadline beyond any lease taken since boot was set before a reboot (the monotonic
+       -- clock restarted): long expired.
+       OR lease_deadline > :mono + lease_seconds + 1
+       OR (lease_deadline IS NULL AND lease_expires_at < :now))
 ORDER BY token, id;
 
 -- name: requeue_blamed

@@ -52,6 +52,7 @@ _STOP = None
 _RECOVER_EVERY = 0.5
 _FLUSH_AFTER = 0.02  # settle finished jobs at least this often when nothing else commits
 _MAX_PREFETCH = 64
+_SKEW_WARN = 2.0  # seconds between this clock and the store's worth a warning
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -163,6 +164,7 @@ class Worker:
                     id=self.id, host=hostname(), pid=os.getpid(), started_at=now,
                     heartbeat_at=now, queues=self.queues, concurrency=self.config.concurrency,
                 ))
+                self._check_clock()
                 return report
             except BackendUnavailable as exc:
                 if not self.backend.capabilities.remote:
@@ -172,6 +174,15 @@ class Worker:
                 self.log.flush()
                 if self.shutdown.requested.wait(backoff * random.uniform(0.8, 1.2)):
                     return None
+
+    def _check_clock(self) -> None:
+        """Leases and schedules follow the store's clock, so a wrong clock here steals or
+        keeps nothing; but this worker's own timestamps (logs, enqueues' run_at) are off."""
+        skew = self.backend.clock_skew(self.app.clock())
+        if abs(skew) > _SKEW_WARN:
+            self.log("warning", clock_skew=f"{skew:+.1f}s", reason=(
+                f"this machine's clock is {abs(skew):.1f} s {'ahead of' if skew > 0 else 'behind'} "
+                "the queue's: leases and schedules use the queue's clock, but fix NTP here"))
 
     def _loop(self) -> None:
         idle = False
