@@ -224,6 +224,7 @@ def test_racing_enqueues_store_one_job_per_key(app: crashonly.App, clock: FakeCl
     schedulers = [crashonly.App(app.url, clock=clock) for _ in range(4)]
     for s in schedulers:
         s.task(name=t.name)(lambda x: None)
+        s.backend.store_clock = clock  # type: ignore[attr-defined]  # the store's time too
     stored: list[int] = []
     errors: list[Exception] = []
     try:
