@@ -140,8 +140,9 @@ WHERE id = :id AND token = :token AND state = 'reserved';
 
 -- name: release
 UPDATE crashonly_jobs
-SET state = 'ready', attempts = attempts - 1, lease_expires_at = NULL, worker = NULL,
-    deaths = 0
+SET state = CASE WHEN :delay > 0 THEN 'scheduled' ELSE 'ready' END,
+    run_at = CASE WHEN :delay > 0 THEN :now + :delay ELSE run_at END,
+    attempts = attempts - 1, lease_expires_at = NULL, worker = NULL, deaths = 0
 WHERE id = :id AND token = :token AND state = 'reserved';
 
 -- name: fail
@@ -187,12 +188,20 @@ WHERE state = 'reserved'
 LIMIT 1;
 
 -- name: orphans
-SELECT id, token, deaths, attempts, max_attempts FROM crashonly_jobs
+-- Dead holders are deregistered first (same transaction): a holder still registered is alive.
+SELECT id, token, worker, worker IN (SELECT id FROM crashonly_workers), deaths, attempts,
+       max_attempts
+FROM crashonly_jobs
 WHERE state = 'reserved'
   AND (lease_expires_at < :now
        OR worker IS NULL
        OR worker NOT IN (SELECT id FROM crashonly_workers))
-ORDER BY token, id;
+ORDER BY worker, token, id;
+
+-- name: requeue_stalled
+UPDATE crashonly_jobs
+SET state = 'ready', lease_expires_at = NULL, worker = NULL, last_error = :error
+WHERE id = :id AND token = :token AND state = 'reserved';
 
 -- name: requeue_blamed
 UPDATE crashonly_jobs
