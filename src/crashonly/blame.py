@@ -9,7 +9,8 @@ registered) and applies each verdict by its query of the same name (docs/design.
   start); the late holder's settlements are refused by the token.
 * **Blamed.** The holder died holding this job and no other. A worker runs a suspect job alone
   and claims nothing else meanwhile, so a job held alone was the only one running in the dead
-  process: the death is its (``deaths + 1``), buried as poison at ``poison_after``.
+  process: the death is its (``deaths + 1``), buried as poison at ``poison_after``; until
+  then it stays a suspect (run alone), so each further death is blamed exactly too.
 * **Suspect.** The holder died holding several jobs: which one (if any) killed it is unknown.
   None is blamed, their attempts are given back, and each is marked ``alone``: the next claim
   takes it by itself and the worker runs it with nothing beside it.

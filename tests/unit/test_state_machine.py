@@ -178,6 +178,7 @@ class QueueMachine(RuleBasedStateMachine):
             [m] = held
             m.deaths += 1
             m.state = "buried" if m.deaths >= POISON or m.attempts >= MAX_ATTEMPTS else "ready"
+            m.alone = m.state == "ready"
         self._promote()
 
     def _promote(self) -> None:

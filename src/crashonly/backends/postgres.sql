@@ -259,8 +259,9 @@ SET state = 'ready', attempts = attempts - 1, alone = true, lease_expires_at = N
 WHERE id = %(id)s AND token = %(token)s AND state = 'reserved';
 
 -- name: requeue_blamed
+-- The prime suspect: run alone next time too, so a further death is blamed exactly again.
 UPDATE {schema}.jobs
-SET state = 'ready', deaths = deaths + 1, lease_expires_at = NULL, worker = NULL,
+SET state = 'ready', deaths = deaths + 1, alone = true, lease_expires_at = NULL, worker = NULL,
     last_error = %(error)s
 WHERE id = %(id)s AND token = %(token)s AND state = 'reserved';
 

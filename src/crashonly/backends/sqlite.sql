@@ -204,8 +204,9 @@ SET state = 'ready', lease_expires_at = NULL, worker = NULL, last_error = :error
 WHERE id = :id AND token = :token AND state = 'reserved';
 
 -- name: requeue_blamed
+-- The prime suspect: run alone next time too, so a further death is blamed exactly again.
 UPDATE crashonly_jobs
-SET state = 'ready', deaths = deaths + 1, lease_expires_at = NULL, worker = NULL,
+SET state = 'ready', deaths = deaths + 1, alone = 1, lease_expires_at = NULL, worker = NULL,
     last_error = :error
 WHERE id = :id AND token = :token AND state = 'reserved';
 
