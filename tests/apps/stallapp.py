@@ -57,6 +57,10 @@ def register(app: crashonly.App) -> None:
     def bad_result() -> str:
         return BAD_NAME
 
+    @app.task(name="stallapp.echo")
+    def echo(value: object) -> object:
+        return value
+
 
 app = crashonly.App(os.environ.get("DATABASE_URL"))
 register(app)
