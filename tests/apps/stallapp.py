@@ -57,6 +57,12 @@ def register(app: crashonly.App) -> None:
     def bad_result() -> str:
         return BAD_NAME
 
+    @app.task(name="stallapp.enqueue_later", max_attempts=1)
+    def enqueue_later(seconds: float) -> int:
+        """Enqueues a follow-up after ``seconds``: meets the store's outage if there is one."""
+        time.sleep(seconds)
+        return app.tasks["stallapp.short"].enqueue().id
+
     @app.task(name="stallapp.echo")
     def echo(value: object) -> object:
         return value
