@@ -80,7 +80,7 @@ def test_a_payload_nested_too_deep_is_refused_at_enqueue(queue: crashonly.App) -
     deep: list[object] = []
     for _ in range(10_000):
         deep = [deep]
-    with pytest.raises(crashonly.SerializationError, match="argument 0 of stallapp.echo"):
+    with pytest.raises(crashonly.SerializationError, match=r"argument 0 of stallapp\.echo"):
         queue.tasks["stallapp.echo"].enqueue(deep)
     shallow: list[object] = []
     for _ in range(150):

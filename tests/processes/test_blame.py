@@ -82,9 +82,8 @@ def test_a_busy_formation_buries_exactly_the_poison_jobs(
     url: str, subprocess_env: dict[str, str], queue: crashonly.App,
 ) -> None:
     short, poison = queue.tasks["stallapp.short"], queue.tasks["stallapp.poison"]
-    handles = []
-    for batch in range(3):
-        handles += short.enqueue_many([(0.01,)] * 100)
+    for _ in range(3):
+        short.enqueue_many([(0.01,)] * 100)
         poison.enqueue()
     formation = Formation(url, subprocess_env, 2, "--concurrency", "4")
 

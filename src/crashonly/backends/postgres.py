@@ -424,6 +424,10 @@ class PostgresBackend:
             done = [r[0] for r in conn.execute(self.q["touch"], params)]
         return _missing([i for i, _ in leases], done)
 
+    def touch_worker(self, worker_id: str, *, now: float) -> int:
+        with self._conn() as conn:
+            return conn.execute(self.q["touch_worker"], {"worker": worker_id, "now": now}).rowcount
+
     def run_transactional(
         self,
         reservation: Reservation,

@@ -191,6 +191,12 @@ FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS s(id, token), cfg
 WHERE j.id = s.id AND j.token = s.token AND j.state = 'reserved'
 RETURNING j.id;
 
+-- name: touch_worker
+WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true))
+UPDATE {schema}.jobs AS j SET lease_expires_at = %(now)s + j.lease_seconds
+FROM cfg
+WHERE j.state = 'reserved' AND j.worker = %(worker)s;
+
 -- name: workers
 SELECT id, host, pid, started_at, heartbeat_at, queues, concurrency, boot_id, pid_start
 FROM {schema}.workers ORDER BY started_at, id;

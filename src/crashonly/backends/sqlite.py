@@ -450,6 +450,13 @@ class SQLiteBackend:
             raise self._translate(exc) from exc
         return refused
 
+    def touch_worker(self, worker_id: str, *, now: float) -> int:
+        try:
+            with self._write() as conn:
+                return conn.execute(Q["touch_worker"], {"worker": worker_id, "now": now}).rowcount
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
+
     def run_transactional(
         self,
         reservation: Reservation,

@@ -163,6 +163,10 @@ WHERE id = :id AND token = :token AND state = 'reserved';
 UPDATE crashonly_jobs SET lease_expires_at = :now + lease_seconds
 WHERE id = :id AND token = :token AND state = 'reserved';
 
+-- name: touch_worker
+UPDATE crashonly_jobs SET lease_expires_at = :now + lease_seconds
+WHERE state = 'reserved' AND worker = :worker;
+
 -- name: workers
 SELECT id, host, boot_id, pid, pid_start, started_at, heartbeat_at, queues, concurrency
 FROM crashonly_workers ORDER BY started_at;

@@ -52,6 +52,10 @@ def main(argv: Sequence[str], prog: str = "crashonly worker", command: str = "wo
     app = load_app(args.app)
     if args.url:
         app.url = args.url
+    import os
+
+    helper = os.environ.get("CRASHONLY_HEARTBEAT_HELPER", "1") not in ("0", "false", "no", "off")
     config = WorkerConfig(queues=tuple(args.queue), concurrency=args.concurrency,
-                          grace=args.grace, prefetch=args.prefetch, log_format=args.log_format)
+                          grace=args.grace, prefetch=args.prefetch, log_format=args.log_format,
+                          heartbeat_helper=helper)
     return Worker(app, config, shutdown=shutdown).run()

@@ -42,11 +42,12 @@ from typing import TYPE_CHECKING, Any
 from ..backends import RecoveryReport, WorkerInfo
 from ..codec import storable
 from ..errors import BackendUnavailable, CrashonlyError
-from ..execution import Outcome, Prepared, prepare, run_async, run_sync
+from ..execution import Outcome, Prepared, prepare, run_async, run_sync, unknown_task_grace
 from ..job import Reservation, Settlement, SettlementKind
 from ..lifecycle import Shutdown, die_with_parent, notify
 from ..liveness import hostname
 from .events import EventLog
+from .heartbeat import Helper
 
 if TYPE_CHECKING:
     import asyncio
@@ -72,6 +73,7 @@ class WorkerConfig:
     grace: float = 10.0
     prefetch: int | None = None  # None: adapt to job duration
     log_format: str = "text"
+    heartbeat_helper: bool = True  # renew leases from a helper process while the GIL is held
 
 
 @dataclass(kw_only=True, slots=True)
@@ -106,6 +108,7 @@ class Worker:
         self.id = f"{hostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.log = log or EventLog(config.log_format, worker=self.id)
         self.log.worker = self.id
+        unknown_task_grace()  # a bad $CRASHONLY_UNKNOWN_TASK_GRACE fails the start, not a job
         self.queues = list(config.queues) or sorted({t.queue for t in app.tasks.values()}) or ["default"]
         self.shutdown = shutdown or Shutdown()
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # wake-ups, async completions
@@ -131,6 +134,10 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.avg_duration = 0.05
         self.low_water = config.concurrency  # lanes wake main when this few jobs are left
+        leases = [t.lease for t in app.tasks.values()] or [30.0]
+        self.touch_every = max(0.2, min(leases) / 3)
+        self.late_after = max(1.0, min(2.0, self.touch_every))  # the helper steps in
+        self.helper: Helper | None = None
 
     # --- life cycle -------------------------------------------------------------------------
     def run(self) -> int:
@@ -158,10 +165,22 @@ class Worker:
             # After READY, off the start-up path (ctypes costs ~4 ms): a SIGKILLed supervisor
             # (honcho, a shell) does not leave this worker running.
             die_with_parent()
+            self._start_helper()
             self._loop()
             return self._shutdown()
         finally:
             self.shutdown.restore()
+            if self.helper is not None:
+                self.helper.close()
+
+    def _start_helper(self) -> None:
+        if not self.config.heartbeat_helper or not self.backend.capabilities.multi_process:
+            return
+        try:
+            self.helper = Helper(self.app.url, self.id, self.late_after)
+        except OSError as exc:
+            self.log("error", error=f"no heartbeat helper ({exc}): a job holding the GIL "
+                     "longer than its lease may run twice")
 
     def _connect(self) -> RecoveryReport | None:
         """Migrate, recover and register. A remote backend that is down is waited for (with
@@ -564,10 +583,20 @@ class Worker:
         ready.wait()
 
     def _keeper(self) -> None:
-        leases = [t.lease for t in self.app.tasks.values()] or [30.0]
-        touch_every = max(0.2, min(leases) / 3)
-        last_touch = time.monotonic()
+        touch_every = self.touch_every
+        last_touch = last_turn = time.monotonic()
         while not self.stop_threads.wait(_RECOVER_EVERY * random.uniform(0.8, 1.2)):
+            if self.helper is not None:
+                self.helper.tick()
+            late = time.monotonic() - last_turn - _RECOVER_EVERY * 1.2
+            last_turn = time.monotonic()
+            if late > self.late_after:
+                # A job held the GIL (one long C call) or the process was paused: this
+                # keeper could not renew. The helper renewed meanwhile, unless paused.
+                self.log("late", seconds=round(late, 1), held=len(self.held),
+                         helper="on" if self.helper is not None else "off",
+                         reason="the keeper could not run: a job held the GIL, or the "
+                         "process was paused")
             try:
                 report = self.app.recover()
                 if report:
