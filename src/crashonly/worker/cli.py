@@ -54,7 +54,9 @@ def main(argv: Sequence[str], prog: str = "crashonly worker", command: str = "wo
         app.url = args.url
     import os
 
-    helper = os.environ.get("CRASHONLY_HEARTBEAT_HELPER", "1") not in ("0", "false", "no", "off")
+    from .heartbeat import ENV
+
+    helper = os.environ.get(ENV, "1").lower() not in ("0", "false", "no", "off")
     config = WorkerConfig(queues=tuple(args.queue), concurrency=args.concurrency,
                           grace=args.grace, prefetch=args.prefetch, log_format=args.log_format,
                           heartbeat_helper=helper)

@@ -5,8 +5,8 @@ integer's ``str``, a C extension that never releases it) stops every thread of i
 the keeper included: its leases ran out, another worker ran the job again, and the first
 one's ack was refused. (Pure-Python code is fine: the interpreter switches threads.)
 
-So each worker starts one small helper process after it is ready (``python -m
-crashonly.worker.heartbeat``, about 10 MB; ``$CRASHONLY_HEARTBEAT_HELPER=0`` turns it off).
+So each worker starts one small helper process after it is ready (this module's
+:func:`main`; ``$CRASHONLY_HEARTBEAT_HELPER=0`` turns it off).
 The keeper writes one byte to the helper's stdin on every turn (about twice a second). When
 no byte has come for ``late`` seconds, the helper renews the leases of every job the store
 says the worker holds, and its heartbeat, every ``late`` seconds until the keeper is back:
@@ -35,6 +35,8 @@ import time
 __all__ = ["Helper", "main"]
 
 ENV = "CRASHONLY_HEARTBEAT_HELPER"
+# Not ``-m``: this module is imported by the package first, which runpy warns about.
+_MAIN = "import sys; from crashonly.worker.heartbeat import main; sys.exit(main())"
 
 
 class Helper:
@@ -42,7 +44,7 @@ class Helper:
 
     def __init__(self, url: str, worker_id: str, late: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "crashonly.worker.heartbeat"], stdin=subprocess.PIPE,
+            [sys.executable, "-c", _MAIN], stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL, close_fds=True,
         )
         assert self.proc.stdin is not None
