@@ -353,9 +353,12 @@ class Worker:
             if (self.running or self.async_waiting or self.finished
                     or self.held.get(r.job.id) is not r or len(self.held) > 1):
                 return
+        self._flush()  # may fail (an outage): then the next step tries again
+        with self.lock:
+            if self.suspect is not r:  # went stale meanwhile
+                return
             self.suspect = None
             self.solo = (r.job.id, r.token)
-        self._flush()
         self._dispatch(r)
 
     def _begin(self, r: Reservation) -> Running:
