@@ -391,8 +391,9 @@ class Worker:
             try:
                 outcome = run_sync(self.app, r, run.cancelled, on_start)
             except BaseException as exc:  # never lose the completion
-                outcome = Outcome(status="retrying", error=repr(exc), settlement=Settlement(
-                    job_id=r.job.id, token=r.token, kind=SettlementKind.FAIL, error=repr(exc)))
+                error = storable(repr(exc))
+                outcome = Outcome(status="retrying", error=error, settlement=Settlement(
+                    job_id=r.job.id, token=r.token, kind=SettlementKind.FAIL, error=error))
             with self.lock:
                 self.finished.append((key, outcome))
             settled = outcome.settlement
@@ -561,11 +562,18 @@ class Worker:
 
     def _flush_quietly(self) -> None:
         try:
-            self._flush()
-        except CrashonlyError as exc:
+            try:
+                self._flush()
+            except BackendUnavailable:
+                raise
+            except Exception as exc:  # a settlement the store cannot take: isolate it
+                error = self._settle_one_by_one()
+                if error is not None:
+                    raise error from exc
+        except Exception as exc:
             # The backend is down: the jobs stay reserved under our worker id and recovery
             # returns them once we are gone (our lock or pid vanishes with us).
-            self.log("error", error=f"could not release jobs: {exc}")
+            self.log("error", error=storable(f"could not release jobs: {exc}"))
             self.pending = []
             self.pending_logs.clear()
 
