@@ -103,7 +103,10 @@ def main() -> int:
     head = line.partition(b"\n")[0]
     config = json.loads(head)
     worker, pid, late = config["worker"], int(config["pid"]), float(config["late"])
-    backend = None
+    from ..backends import open_backend
+
+    # Opened now (the driver imported, nothing connected): a renewal must not wait for imports.
+    backend = open_backend(config["url"], create=False)
     while True:
         readable, _, _ = select.select([fd], [], [], late)
         if readable:
@@ -116,10 +119,6 @@ def main() -> int:
         if not state:
             continue  # paused: a stall, let its leases run out
         try:
-            if backend is None:
-                from ..backends import open_backend
-
-                backend = open_backend(config["url"], create=False)
             now = time.time()
             backend.touch_worker(worker, now=now)
             backend.heartbeat(worker, now=now)
