@@ -63,6 +63,13 @@ def register(app: crashonly.App) -> None:
         time.sleep(seconds)
         return app.tasks["stallapp.short"].enqueue().id
 
+    @app.task(name="stallapp.tx_later", transactional=True, max_attempts=1)
+    def tx_later(seconds: float) -> str:
+        """Queries in its transaction after ``seconds``: meets the store's outage if any."""
+        time.sleep(seconds)
+        crashonly.current_job().db.execute("SELECT 1")
+        return "committed"
+
     @app.task(name="stallapp.echo")
     def echo(value: object) -> object:
         return value

@@ -17,14 +17,17 @@ from tests.processes.harness import Proc, worker
 pytestmark = pytest.mark.postgres
 
 
+@pytest.mark.parametrize("task", ["stallapp.enqueue_later", "stallapp.tx_later"])
 def test_a_job_that_meets_a_restart_is_not_charged_an_attempt(
-    private_pg: PrivatePostgres, subprocess_env: dict[str, str],
+    private_pg: PrivatePostgres, subprocess_env: dict[str, str], task: str,
 ) -> None:
+    """Its own enqueue, or its transaction's query, meets the outage: released, and it runs
+    to the end once the server is back, though it has one attempt only."""
     url = fresh_schema_url(private_pg.url)
     app = crashonly.App(url)
     register(app)
     app.migrate()
-    handle = app.tasks["stallapp.enqueue_later"].enqueue(1.5)  # max_attempts=1
+    handle = app.tasks[task].enqueue(1.5)  # max_attempts=1
     w: Proc = worker(url, subprocess_env, app="stallapp:app")
     try:
         w.wait_for(rf"started\s+job={handle.id}")

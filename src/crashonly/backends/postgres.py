@@ -439,6 +439,8 @@ class PostgresBackend:
             try:
                 result = fn(conn)
             except psycopg.Error as exc:  # the task's own SQL failed: its error, not ours
+                if conn.broken:  # ... unless the connection died (a restart): an outage
+                    raise
                 raise _Passthrough(exc) from exc
             params = {
                 "id": reservation.job.id, "token": reservation.token, "now": clock(),
