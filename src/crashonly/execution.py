@@ -3,11 +3,18 @@
 Shared by the in-process runner (:meth:`crashonly.App.run_worker_once`) and the worker process,
 so "what happens to a job" is written once. The result is an :class:`Outcome`: the settlement to
 apply (ack, release, fail, bury), or none when a transactional task already committed its ack.
+
+What does not count as an attempt (the job is released, after a delay, with its attempt given
+back): a task name this worker does not know, within ``$CRASHONLY_UNKNOWN_TASK_GRACE`` seconds
+of the job's creation (default 600: during a rolling deploy an old worker sees new tasks), and
+:class:`BackendUnavailable` raised by the job or its transaction's commit (an outage, a full
+disk: the store's fault, not the job's). Every error text is made storable (:func:`storable`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -16,16 +23,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import codec
+from .codec import storable
 from .context import JobContext, _enter, _exit
-from .errors import Cancelled, Retry, SerializationError, StaleLease
+from .errors import BackendUnavailable, Cancelled, ConfigError, Retry, SerializationError, StaleLease
 from .job import Reservation, Settlement, SettlementKind
 
 if TYPE_CHECKING:
     from .app import App, Task
 
-__all__ = ["Outcome", "Prepared", "backoff_delay", "conclude", "prepare", "run_sync"]
+__all__ = ["Outcome", "Prepared", "backoff_delay", "conclude", "prepare", "run_sync",
+           "unknown_task_grace"]
 
 MAX_BACKOFF = 3600.0
+UNKNOWN_TASK_GRACE_ENV = "CRASHONLY_UNKNOWN_TASK_GRACE"
+UNKNOWN_TASK_RETRY = 10.0  # an unknown task's job is offered again after about this long
+OUTAGE_RETRY = 2.0  # a job that met an outage is offered again after about this long
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -57,18 +69,43 @@ def backoff_delay(task: Task[Any, Any], attempt: int) -> float:
     return delay
 
 
+def unknown_task_grace() -> float:
+    """Seconds after its creation that a job of an unknown task is still waited for."""
+    raw = os.environ.get(UNKNOWN_TASK_GRACE_ENV, "600")
+    try:
+        grace = float(raw)
+    except ValueError:
+        grace = -1.0
+    if not grace >= 0:  # also NaN
+        raise ConfigError(f"{UNKNOWN_TASK_GRACE_ENV}={raw!r}: expected a number of seconds >= 0")
+    return grace
+
+
 def _settle(r: Reservation, kind: SettlementKind, **kw: Any) -> Settlement:
     return Settlement(job_id=r.job.id, token=r.token, kind=kind, **kw)
 
 
+def _released(r: Reservation, delay: float, reason: str) -> Outcome:
+    """Given back after about ``delay`` seconds, its attempt not counted."""
+    return Outcome(status="released", error=reason, settlement=_settle(
+        r, SettlementKind.RELEASE, delay=delay * random.uniform(0.5, 1.5)))
+
+
 def prepare(app: App, r: Reservation, cancelled: threading.Event | None = None) -> Prepared | Outcome:
-    """Find the task and decode the call; a job that cannot be run is buried with the reason."""
+    """Find the task and decode the call; a job that cannot be run is buried with the reason
+    (a task not known yet is released with a delay first: see the module's docstring)."""
     task = app.tasks.get(r.job.task)
     if task is None:
-        reason = (
+        reason = storable(
             f"unknown task {r.job.task!r}: no task of that name is registered in this app "
             f"(known: {', '.join(sorted(app.tasks)) or 'none'})"
         )
+        grace = unknown_task_grace()
+        waited = app.clock() - r.job.created_at
+        if waited < grace:
+            return _released(r, min(UNKNOWN_TASK_RETRY, grace - waited),
+                             f"{reason}; offered again later, buried {grace:g} s after it was "
+                             f"enqueued (${UNKNOWN_TASK_GRACE_ENV})")
         return Outcome(status="buried", error=reason,
                        settlement=_settle(r, SettlementKind.BURY, error=reason))
     try:
@@ -76,8 +113,8 @@ def prepare(app: App, r: Reservation, cancelled: threading.Event | None = None) 
         args, kwargs = call["args"], call["kwargs"]
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise TypeError("args must be a list and kwargs an object")
-    except (ValueError, TypeError, KeyError) as exc:
-        reason = f"undecodable payload: {exc}"
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        reason = storable(f"undecodable payload: {exc}")
         return Outcome(status="buried", error=reason,
                        settlement=_settle(r, SettlementKind.BURY, error=reason))
     context = JobContext(
@@ -103,25 +140,38 @@ def conclude(p: Prepared, started: float, exc: BaseException | None, result: Any
             encoded = codec.encode_result(result)
         except SerializationError as err:
             exc = err
+        except Exception as err:  # a result's __iter__ or __eq__ may raise anything
+            exc = SerializationError(f"the job's return value could not be encoded: {err!r}")
         else:
             return Outcome(status="succeeded", duration=duration,
                            settlement=_settle(r, SettlementKind.ACK, result=encoded))
     if isinstance(exc, StaleLease):
         return Outcome(status="lost", settlement=None, error=str(exc), duration=duration)
+    if isinstance(exc, BackendUnavailable):
+        return _released(r, OUTAGE_RETRY,
+                         storable(f"the store was unavailable (no attempt counted): {exc}"))
     if isinstance(exc, Cancelled) or type(exc).__name__ == "CancelledError":
         return Outcome(status="released", duration=duration,
                        settlement=_settle(r, SettlementKind.RELEASE))
     if isinstance(exc, Retry):
         delay = exc.delay if exc.delay is not None else backoff_delay(task, r.job.attempts)
-        error = f"Retry: {exc.reason}"
+        error = storable(f"Retry: {exc.reason}")
     else:
         delay = backoff_delay(task, r.job.attempts)
-        import traceback  # only failing jobs pay for it
-
-        error = "".join(traceback.format_exception(exc)).rstrip()
+        error = _traceback(exc)
     status = "buried" if r.job.attempts >= r.job.max_attempts else "retrying"
     return Outcome(status=status, error=error, duration=duration,
                    settlement=_settle(r, SettlementKind.FAIL, error=error, delay=delay))
+
+
+def _traceback(exc: BaseException) -> str:
+    import traceback  # only failing jobs pay for it
+
+    try:
+        text = "".join(traceback.format_exception(exc)).rstrip()
+    except Exception:  # an exception whose __str__ raises
+        text = f"{type(exc).__name__} (its message could not be formatted)"
+    return storable(text)
 
 
 def run_sync(

@@ -110,11 +110,12 @@ class Reservation:
     token: int
     lease: float
     payload: str
+    alone: bool = False  # a suspect (its last holder died running it among others): run it alone
 
 
 class SettlementKind(enum.Enum):
     ACK = "ack"  # done, with a result
-    RELEASE = "release"  # back to ready, no attempt counted (graceful shutdown)
+    RELEASE = "release"  # back to ready (after ``delay``), no attempt counted
     FAIL = "fail"  # failed: scheduled again after ``delay``, or buried once attempts are exhausted
     BURY = "bury"  # failed for good, whatever the attempts left
 
@@ -128,7 +129,7 @@ class Settlement:
     kind: SettlementKind
     result: str | None = None  # encoded JSON, for ACK
     error: str | None = None  # for FAIL and BURY
-    delay: float = 0.0  # for FAIL
+    delay: float = 0.0  # for FAIL and RELEASE
 
 
 def job_from_row(row: Any) -> Job:

@@ -176,9 +176,25 @@ def test_touch_extends_the_lease(app: crashonly.App, clock: FakeClock) -> None:
     assert app.get_job(r.job.id).state is JobState.READY
 
 
-def test_expired_lease_requeues_and_counts(app: crashonly.App, clock: FakeClock) -> None:
+def test_expired_lease_of_a_live_holder_is_a_stall_not_a_death(
+    app: crashonly.App, clock: FakeClock,
+) -> None:
+    put(app, clock, lease=5, max_attempts=1)
+    [r], _ = reserve(app, clock)
+    clock.advance(6)  # W is still registered: it stalled (SIGSTOP, a VM pause), nothing died
+    report = app.recover()
+    assert r.job.id in report.requeued and not report.buried
+    job = app.get_job(r.job.id)
+    assert job.state is JobState.READY and job.attempts == 1 and job.deaths == 0
+    assert app.backend.settle([ack(r)], now=clock.now) == [r.job.id]  # the late ack is refused
+
+
+def test_expired_lease_of_a_dead_holder_requeues_and_counts(
+    app: crashonly.App, clock: FakeClock,
+) -> None:
     put(app, clock, lease=5)
     [r], _ = reserve(app, clock)
+    app.backend.deregister_worker(W)  # as recovery does once it finds a holder dead
     clock.advance(6)
     report = app.recover()
     assert r.job.id in report.requeued
@@ -188,6 +204,7 @@ def test_expired_lease_requeues_and_counts(app: crashonly.App, clock: FakeClock)
 
 def test_poison_job_is_buried_after_three_deaths(app: crashonly.App, clock: FakeClock) -> None:
     [job_id] = put(app, clock, lease=5, max_attempts=10)
+    app.backend.deregister_worker(W)  # each claim below is a holder that then dies
     for death in range(1, 4):
         reserve(app, clock)
         clock.advance(6)
@@ -202,7 +219,8 @@ def test_poison_job_is_buried_after_three_deaths(app: crashonly.App, clock: Fake
 def test_jobs_held_together_are_not_blamed_and_run_alone_next(app: crashonly.App, clock: FakeClock) -> None:
     ids = put(app, clock, 3, lease=5)
     batch, _ = reserve(app, clock, limit=3)
-    assert len(batch) == 3
+    assert len(batch) == 3 and not any(r.alone for r in batch)
+    app.backend.deregister_worker(W)
     clock.advance(6)
     app.recover()
     for i in ids:
@@ -210,13 +228,34 @@ def test_jobs_held_together_are_not_blamed_and_run_alone_next(app: crashonly.App
         assert job.state is JobState.READY and job.deaths == 0 and job.attempts == 0
     got, _ = reserve(app, clock, limit=3)
     assert [r.job.id for r in got] == ids[:1]  # suspect: claimed alone
+    assert got[0].alone  # and the worker is told to run it alone
+
+
+def test_jobs_claimed_apart_but_held_together_are_not_blamed(
+    app: crashonly.App, clock: FakeClock,
+) -> None:
+    """One process runs several separately claimed jobs at once: a death is blamed on a job
+    only if it was the only one the dead holder held."""
+    innocent, poison = put(app, clock, 2, lease=5)
+    [a], _ = reserve(app, clock, limit=1)
+    [b], _ = reserve(app, clock, limit=1)
+    assert (a.job.id, b.job.id) == (innocent, poison)
+    app.backend.deregister_worker(W)
+    clock.advance(6)
+    report = app.recover()
+    assert sorted(report.requeued) == [innocent, poison] and not report.buried
+    for job_id in (innocent, poison):
+        job = app.get_job(job_id)
+        assert job.deaths == 0 and job.attempts == 0
 
 
 def test_success_resets_the_death_count(app: crashonly.App, clock: FakeClock) -> None:
     [job_id] = put(app, clock, lease=5)
     [r], _ = reserve(app, clock)
+    app.backend.deregister_worker(W)
     clock.advance(6)
     app.recover()
+    assert app.get_job(job_id).deaths == 1
     [r], _ = reserve(app, clock)
     app.backend.settle([Settlement(job_id=job_id, token=r.token, kind=SettlementKind.FAIL,
                                    error="x", delay=0)], now=clock.now)

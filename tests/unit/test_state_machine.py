@@ -50,11 +50,14 @@ class QueueMachine(RuleBasedStateMachine):
         self.clock = Clock()
         self.app = crashonly.App("sqlite:///:memory:", clock=self.clock, poison_after=POISON)
         self.app.backend.store_clock = self.clock  # type: ignore[attr-defined]  # leases too
-        self.app.backend.register_worker(WorkerInfo(
-            id="w", host=socket.gethostname(), pid=os.getpid(), started_at=0, heartbeat_at=0))
+        self._register()
         self.jobs: dict[int, M] = {}
         self.held: list[tuple[int, int]] = []  # (job id, token) ever handed out
         self.tokens = itertools.count()
+
+    def _register(self) -> None:
+        self.app.backend.register_worker(WorkerInfo(
+            id="w", host=socket.gethostname(), pid=os.getpid(), started_at=0, heartbeat_at=0))
 
     def teardown(self) -> None:
         self.app.close()
@@ -153,27 +156,35 @@ class QueueMachine(RuleBasedStateMachine):
     # --- time and recovery -----------------------------------------------------------------
     @rule(seconds=st.sampled_from([1.0, 4.0, 11.0]))
     def advance_and_recover(self, seconds: float) -> None:
+        """The holder is alive (registered): an expired lease is a stall, never a death."""
         self.clock.now += seconds
         now = self.clock.now
         self.app.recover()
-        groups: dict[int, list[M]] = {}
         for m in self.jobs.values():
             if m.state == "reserved" and m.lease_expires < now:
-                assert m.token is not None
-                groups.setdefault(m.token, []).append(m)
-        for members in groups.values():
-            if len(members) > 1:
-                for m in members:
-                    m.state, m.attempts, m.alone = "ready", m.attempts - 1, True
-                continue
-            m = members[0]
+                m.state = "ready"  # attempt counted, nobody blamed
+        self._promote()
+
+    @rule()
+    def holder_dies(self) -> None:
+        """The holder dies: blamed only if it held a single job, else all become suspects."""
+        self.app.backend.deregister_worker("w")
+        self.app.recover()
+        self._register()
+        held = [m for m in self.jobs.values() if m.state == "reserved"]
+        if len(held) > 1:
+            for m in held:
+                m.state, m.attempts, m.alone = "ready", m.attempts - 1, True
+        elif held:
+            [m] = held
             m.deaths += 1
-            if m.deaths >= POISON or m.attempts >= MAX_ATTEMPTS:
-                m.state = "buried"
-            else:
-                m.state = "ready"
+            m.state = "buried" if m.deaths >= POISON or m.attempts >= MAX_ATTEMPTS else "ready"
+            m.alone = m.state == "ready"
+        self._promote()
+
+    def _promote(self) -> None:
         for m in self.jobs.values():
-            if m.state == "scheduled" and m.run_at <= now:
+            if m.state == "scheduled" and m.run_at <= self.clock.now:
                 m.state = "ready"
 
     @invariant()

@@ -111,6 +111,12 @@ class Backend(Protocol):
         """Extend the leases of ``(job_id, token)`` pairs; return the ids whose token is stale."""
         ...
 
+    def touch_worker(self, worker_id: str, *, now: float) -> int:
+        """Extend the leases of every job reserved by ``worker_id``, whatever its token; return
+        how many. Only for the heartbeat helper (:mod:`crashonly.worker.heartbeat`), which
+        renews while the worker itself cannot."""
+        ...
+
     def run_transactional(
         self, reservation: Reservation, fn: Callable[[Any], str | None], *, clock: Callable[[], float]
     ) -> str | None:

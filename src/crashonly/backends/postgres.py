@@ -50,6 +50,7 @@ import psycopg_pool
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from ..blame import Orphan, Verdict, judge
 from ..errors import BackendError, BackendUnavailable, ConfigError, SchemaError, StaleLease
 from ..job import (
     Existing,
@@ -445,7 +446,8 @@ class PostgresBackend:
                 rows = conn.execute(self.q["claim"], params).fetchall()
         rows.sort(key=lambda r: (r[4], r[10], r[0]))
         return [
-            Reservation(job=_job(r), token=r[14], lease=r[9], payload=r[5]) for r in rows
+            Reservation(job=_job(r[:19]), token=r[14], lease=r[9], payload=r[5], alone=r[19])
+            for r in rows
         ], refused
 
     def settle(self, settlements: Sequence[Settlement], *, now: float) -> list[int]:
@@ -473,6 +475,11 @@ class PostgresBackend:
             done = [r[0] for r in conn.execute(self.q["touch"], params)]
         return _missing([i for i, _ in leases], done)
 
+    def touch_worker(self, worker_id: str, *, now: float) -> int:
+        with self._conn() as conn:
+            params = {"worker": worker_id, **self._clock()}  # the store's clock
+            return conn.execute(self.q["touch_worker"], params).rowcount
+
     def run_transactional(
         self,
         reservation: Reservation,
@@ -484,6 +491,8 @@ class PostgresBackend:
             try:
                 result = fn(conn)
             except psycopg.Error as exc:  # the task's own SQL failed: its error, not ours
+                if conn.broken:  # ... unless the connection died (a restart): an outage
+                    raise
                 raise _Passthrough(exc) from exc
             params = {
                 "id": reservation.job.id, "token": reservation.token, "result": result,
@@ -540,36 +549,15 @@ class PostgresBackend:
             if not got or not got[0]:
                 return RecoveryReport()
             dead = self._delete_dead_workers(conn)
-            groups: dict[int, list[tuple[int, int, int, int]]] = {}
-            for job_id, token, deaths, attempts, max_attempts in conn.execute(
-                self.q["orphans"], {"dead": dead, **clock}
-            ):
-                groups.setdefault(token, []).append((job_id, deaths, attempts, max_attempts))
-            for token, members in groups.items():
-                if len(members) > 1:
-                    ids = [m[0] for m in members]
-                    conn.execute(self.q["requeue_unblamed"], {"ids": ids, "token": token})
-                    requeued.extend(ids)
-                    continue
-                job_id, deaths, attempts, max_attempts = members[0]
-                params: dict[str, Any] = {"id": job_id, "token": token, **clock}
-                if deaths + 1 >= poison_after:
-                    params["error"] = (
-                        f"poison: the worker running it died {deaths + 1} times in a row"
-                    )
-                    conn.execute(self.q["bury_orphan"], params)
-                    buried.append(job_id)
-                elif attempts >= max_attempts:
-                    params["error"] = (
-                        f"attempts exhausted ({attempts}/{max_attempts}); "
-                        "the last holder died or lost its lease"
-                    )
-                    conn.execute(self.q["bury_orphan"], params)
-                    buried.append(job_id)
-                else:
-                    params["error"] = "its worker died or its lease expired; requeued"
-                    conn.execute(self.q["requeue_blamed"], params)
-                    requeued.append(job_id)
+            orphans = [
+                Orphan(id=r[0], token=r[1], worker=r[2], holder_alive=r[3], deaths=r[4],
+                       attempts=r[5], max_attempts=r[6])
+                for r in conn.execute(self.q["orphans"], {"dead": dead, **clock}).fetchall()
+            ]
+            for o, verdict, error in judge(orphans, poison_after):
+                conn.execute(self.q[verdict.value],
+                             {"id": o.id, "token": o.token, "error": error, **clock})
+                (buried if verdict is Verdict.BURIED else requeued).append(o.id)
             promoted = conn.execute(self.q["promote"], clock).rowcount
             purged = 0
             if purge:

@@ -172,20 +172,23 @@ FROM ranked, cfg
 WHERE j.id = ranked.id AND ranked.n <= %(limit)s AND (ranked.n = 1 OR ranked.alone_so_far = 0)
 RETURNING j.id, j.task, j.queue, j.state, j.priority, j.payload, j.attempts, j.max_attempts,
           j.deaths, j.lease_seconds, j.run_at, j.created_at, j.lease_expires_at, j.worker,
-          j.token, j.unique_key, j.last_error, j.result, j.finished_at;
+          j.token, j.unique_key, j.last_error, j.result, j.finished_at,
+          ranked.alone_so_far > 0 AS suspect;
 
 -- name: settle
 -- Acks, releases, failures and burials of a batch in one statement; fenced by the token.
 UPDATE {schema}.jobs AS j
 SET state = CASE
         WHEN s.kind = 'ack' THEN 'done'
+        WHEN s.kind = 'release' AND s.delay > 0 THEN 'scheduled'
         WHEN s.kind = 'release' THEN 'ready'
         WHEN s.kind = 'bury' OR j.attempts >= j.max_attempts THEN 'buried'
         WHEN s.delay > 0 THEN 'scheduled'
         ELSE 'ready' END,
     result = CASE WHEN s.kind = 'ack' THEN s.result ELSE j.result END,
     attempts = CASE WHEN s.kind = 'release' THEN j.attempts - 1 ELSE j.attempts END,
-    run_at = CASE WHEN s.kind = 'fail' AND j.attempts < j.max_attempts
+    run_at = CASE WHEN (s.kind = 'fail' AND j.attempts < j.max_attempts)
+                       OR (s.kind = 'release' AND s.delay > 0)
                   THEN {now} + s.delay ELSE j.run_at END,
     finished_at = CASE
         WHEN s.kind IN ('ack', 'bury') THEN {now}
@@ -215,6 +218,12 @@ UPDATE {schema}.jobs AS j SET lease_expires_at = {now} + j.lease_seconds
 FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS s(id, token), cfg
 WHERE j.id = s.id AND j.token = s.token AND j.state = 'reserved'
 RETURNING j.id;
+
+-- name: touch_worker
+WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true))
+UPDATE {schema}.jobs AS j SET lease_expires_at = {now} + j.lease_seconds
+FROM cfg
+WHERE j.state = 'reserved' AND j.worker = %(worker)s;
 
 -- name: workers
 SELECT id, host, pid, started_at, heartbeat_at, queues, concurrency, boot_id, pid_start, pid_ns
@@ -269,25 +278,33 @@ RETURNING id, host, pid, boot_id, pid_start, pid_ns,
 DELETE FROM {schema}.workers WHERE id = ANY(%(ids)s);
 
 -- name: orphans
-SELECT j.id, j.token, j.deaths, j.attempts, j.max_attempts FROM {schema}.jobs AS j
+-- Dead holders are deleted first (same transaction): a holder still registered is alive.
+SELECT j.id, j.token, j.worker,
+       EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = j.worker),
+       j.deaths, j.attempts, j.max_attempts
+FROM {schema}.jobs AS j
 WHERE j.state = 'reserved'
   AND (j.lease_expires_at < {now}
        OR j.worker IS NULL
        OR j.worker = ANY(%(dead)s))
-ORDER BY j.token, j.id
+ORDER BY j.worker, j.token, j.id
 FOR UPDATE OF j SKIP LOCKED;
 
+-- name: requeue_stalled
+UPDATE {schema}.jobs
+SET state = 'ready', lease_expires_at = NULL, worker = NULL, last_error = %(error)s
+WHERE id = %(id)s AND token = %(token)s AND state = 'reserved';
+
 -- name: requeue_unblamed
--- Held together with others, so which one (if any) killed the holder is unknown: blame none,
--- count no attempt, and run each alone next time.
 UPDATE {schema}.jobs
 SET state = 'ready', attempts = attempts - 1, alone = true, lease_expires_at = NULL,
     worker = NULL
-WHERE id = ANY(%(ids)s) AND token = %(token)s AND state = 'reserved';
+WHERE id = %(id)s AND token = %(token)s AND state = 'reserved';
 
 -- name: requeue_blamed
+-- The prime suspect: run alone next time too, so a further death is blamed exactly again.
 UPDATE {schema}.jobs
-SET state = 'ready', deaths = deaths + 1, lease_expires_at = NULL, worker = NULL,
+SET state = 'ready', deaths = deaths + 1, alone = true, lease_expires_at = NULL, worker = NULL,
     last_error = %(error)s
 WHERE id = %(id)s AND token = %(token)s AND state = 'reserved';
 

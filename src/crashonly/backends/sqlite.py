@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
+from ..blame import Orphan, Verdict, judge
 from ..errors import (
     BackendError,
     BackendUnavailable,
@@ -268,6 +269,10 @@ class SQLiteBackend:
                 f"{self.busy_timeout:g} s: "
                 + (holder or "find the process holding it, or raise ?busy_timeout= in the URL")
             )
+        if "disk is full" in text or "disk I/O error" in text:
+            return BackendUnavailable(
+                f"database {where} cannot be written ({text}): free space on its volume"
+            )
         if "not a database" in text or "malformed" in text or "corrupt" in text:
             return BackendUnavailable(
                 f"database {where} is corrupt or not an SQLite file ({text}): restore it from "
@@ -441,10 +446,11 @@ class SQLiteBackend:
                 params["now"] = now = self._wall()
                 params["mono"] = self._mono()
                 refused = self._settle(conn, settle, now) if settle else []
+                alone = False
                 if len(queues) == 1 and not conn.execute(Q["suspects_waiting"]).fetchone():
                     rows = conn.execute(Q["claim_next"], params).fetchall()
                 else:
-                    rows = self._claim_by_candidates(conn, queues, params)
+                    rows, alone = self._claim_by_candidates(conn, queues, params)
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
         rows.sort(key=lambda r: (r[3], r[9], r[0]))
@@ -457,7 +463,7 @@ class SQLiteBackend:
                     created_at=r[10], unique_key=r[11], last_error=r[12],
                     lease_expires_at=lease_expires + r[8], worker=worker_id, result=None,
                 ),
-                token=token, lease=r[8], payload=r[4],
+                token=token, lease=r[8], payload=r[4], alone=alone,
             )
             for r in rows
         ], refused
@@ -465,18 +471,20 @@ class SQLiteBackend:
     @staticmethod
     def _claim_by_candidates(
         conn: sqlite3.Connection, queues: Sequence[str], params: dict[str, Any]
-    ) -> list[Any]:
+    ) -> tuple[list[Any], bool]:
         """The general claim: the best candidates of each queue, merged by (priority, run_at,
-        id). A job suspected of killing its last holder is claimed alone, so a later death can
-        be blamed on it exactly; other jobs are claimed up to the first suspect."""
+        id). A job suspected of killing its last holder is claimed alone (and the second value
+        is True: the worker runs it alone), so a later death can be blamed on it exactly;
+        other jobs are claimed up to the first suspect."""
         found = sorted(
             row
             for queue in dict.fromkeys(queues)
             for row in conn.execute(Q["claim_candidates"], {**params, "queue": queue})
         )[: params["limit"]]
         if not found:
-            return []
-        if found[0][3]:
+            return [], False
+        alone = bool(found[0][3])
+        if alone:
             ids = [found[0][2]]
         else:
             ids = []
@@ -484,7 +492,7 @@ class SQLiteBackend:
                 if alone:
                     break
                 ids.append(job_id)
-        return conn.execute(Q["claim"], {**params, "ids": json.dumps(ids)}).fetchall()
+        return conn.execute(Q["claim"], {**params, "ids": json.dumps(ids)}).fetchall(), alone
 
     def settle(self, settlements: Sequence[Settlement], *, now: float) -> list[int]:
         if not settlements:
@@ -547,6 +555,14 @@ class SQLiteBackend:
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
         return refused
+
+    def touch_worker(self, worker_id: str, *, now: float) -> int:
+        try:
+            with self._write() as conn:  # the clocks read under the lock, as touch() does
+                params = {"worker": worker_id, "now": self._wall(), "mono": self._mono()}
+                return conn.execute(Q["touch_worker"], params).rowcount
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
 
     def run_transactional(
         self,
@@ -647,37 +663,15 @@ class SQLiteBackend:
                 clocks.update(now=now, mono=self._mono())
                 for worker_id in dead:
                     conn.execute(Q["deregister_worker"], {"id": worker_id})
-                orphans = conn.execute(Q["orphans"], clocks).fetchall()
-                groups: dict[int, list[tuple[int, int, int, int]]] = {}
-                for job_id, token, deaths, attempts, max_attempts in orphans:
-                    groups.setdefault(token, []).append((job_id, deaths, attempts, max_attempts))
-                for token, members in groups.items():
-                    if len(members) > 1:
-                        # Held together, so which one (if any) killed the holder is unknown:
-                        # blame none, count no attempt, and run each alone next time.
-                        for job_id, *_ in members:
-                            conn.execute(Q["requeue_unblamed"], {"id": job_id, "token": token})
-                            requeued.append(job_id)
-                        continue
-                    job_id, deaths, attempts, max_attempts = members[0]
-                    params: dict[str, Any] = {"id": job_id, "token": token, "now": now}
-                    if deaths + 1 >= poison_after:
-                        params["error"] = (
-                            f"poison: the worker running it died {deaths + 1} times in a row"
-                        )
-                        conn.execute(Q["bury_orphan"], params)
-                        buried.append(job_id)
-                    elif attempts >= max_attempts:
-                        params["error"] = (
-                            f"attempts exhausted ({attempts}/{max_attempts}); "
-                            "the last holder died or lost its lease"
-                        )
-                        conn.execute(Q["bury_orphan"], params)
-                        buried.append(job_id)
-                    else:
-                        params["error"] = "its worker died or its lease expired; requeued"
-                        conn.execute(Q["requeue_blamed"], params)
-                        requeued.append(job_id)
+                orphans = [
+                    Orphan(id=r[0], token=r[1], worker=r[2], holder_alive=bool(r[3]),
+                           deaths=r[4], attempts=r[5], max_attempts=r[6])
+                    for r in conn.execute(Q["orphans"], clocks)
+                ]
+                for o, verdict, error in judge(orphans, poison_after):
+                    conn.execute(Q[verdict.value],
+                                 {"id": o.id, "token": o.token, "now": now, "error": error})
+                    (buried if verdict is Verdict.BURIED else requeued).append(o.id)
                 promoted = conn.execute(Q["promote"], {"now": now}).rowcount
                 purged = 0
                 if purge:

@@ -169,8 +169,9 @@ WHERE id = :id AND token = :token AND state = 'reserved';
 
 -- name: release
 UPDATE crashonly_jobs
-SET state = 'ready', attempts = attempts - 1, lease_expires_at = NULL, worker = NULL,
-    deaths = 0
+SET state = CASE WHEN :delay > 0 THEN 'scheduled' ELSE 'ready' END,
+    run_at = CASE WHEN :delay > 0 THEN :now + :delay ELSE run_at END,
+    attempts = attempts - 1, lease_expires_at = NULL, worker = NULL, deaths = 0
 WHERE id = :id AND token = :token AND state = 'reserved';
 
 -- name: fail
@@ -191,6 +192,11 @@ WHERE id = :id AND token = :token AND state = 'reserved';
 UPDATE crashonly_jobs
 SET lease_expires_at = :now + lease_seconds, lease_deadline = :mono + lease_seconds
 WHERE id = :id AND token = :token AND state = 'reserved';
+
+-- name: touch_worker
+UPDATE crashonly_jobs
+SET lease_expires_at = :now + lease_seconds, lease_deadline = :mono + lease_seconds
+WHERE state = 'reserved' AND worker = :worker;
 
 -- name: workers
 SELECT id, host, boot_id, pid, pid_start, started_at, heartbeat_at, queues, concurrency, pid_ns
@@ -221,7 +227,10 @@ WHERE state = 'reserved'
 LIMIT 1;
 
 -- name: orphans
-SELECT id, token, deaths, attempts, max_attempts FROM crashonly_jobs
+-- Dead holders are deregistered first (same transaction): a holder still registered is alive.
+SELECT id, token, worker, worker IN (SELECT id FROM crashonly_workers), deaths, attempts,
+       max_attempts
+FROM crashonly_jobs
 WHERE state = 'reserved'
   AND (worker IS NULL
        OR worker IN (SELECT value FROM json_each(:dead))
@@ -230,11 +239,18 @@ WHERE state = 'reserved'
        -- clock restarted): long expired.
        OR lease_deadline > :mono + lease_seconds + 1
        OR (lease_deadline IS NULL AND lease_expires_at < :now))
-ORDER BY token, id;
+ORDER BY worker, token, id;
+
+-- name: requeue_stalled
+UPDATE crashonly_jobs
+SET state = 'ready', lease_expires_at = NULL, lease_deadline = NULL, worker = NULL,
+    last_error = :error
+WHERE id = :id AND token = :token AND state = 'reserved';
 
 -- name: requeue_blamed
+-- The prime suspect: run alone next time too, so a further death is blamed exactly again.
 UPDATE crashonly_jobs
-SET state = 'ready', deaths = deaths + 1, lease_expires_at = NULL, worker = NULL,
+SET state = 'ready', deaths = deaths + 1, alone = 1, lease_expires_at = NULL, worker = NULL,
     last_error = :error
 WHERE id = :id AND token = :token AND state = 'reserved';
 

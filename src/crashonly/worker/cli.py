@@ -52,6 +52,12 @@ def main(argv: Sequence[str], prog: str = "crashonly worker", command: str = "wo
     app = load_app(args.app)
     if args.url:
         app.url = args.url
+    import os
+
+    from .heartbeat import ENV
+
+    helper = os.environ.get(ENV, "1").lower() not in ("0", "false", "no", "off")
     config = WorkerConfig(queues=tuple(args.queue), concurrency=args.concurrency,
-                          grace=args.grace, prefetch=args.prefetch, log_format=args.log_format)
+                          grace=args.grace, prefetch=args.prefetch, log_format=args.log_format,
+                          heartbeat_helper=helper)
     return Worker(app, config, shutdown=shutdown).run()

@@ -12,7 +12,15 @@ Threads, each with one job:
 * **asyncio** — one event loop, only if the app has async tasks; main starts them on it.
 * **keeper** — about twice a second runs recovery (dead workers' jobs back to ready), and about
   every lease/3 renews the leases of the jobs this worker holds and its heartbeat. It goes on
-  during the shutdown grace, so a job is never timed out while it is being drained.
+  during the shutdown grace, so a job is never timed out while it is being drained. A lease
+  the store refuses (the job was handed out again: this worker stalled past it) is dropped
+  from the holdings at once and never renewed; its run, if any, is cancelled and its outcome
+  logged ``lost``, not applied. Lost leases are tracked by (job, token), so a fresh claim of
+  the same job is a new run.
+* **suspects** — a job whose last holder died while holding others (``Reservation.alone``)
+  runs alone: started once nothing else is held, running or waiting to be settled, and
+  nothing is claimed until it is settled. A death then is provably its own (docs/design.md,
+  "Blame").
 * **waker** — blocks in ``backend.wait_for_change`` (LISTEN/NOTIFY, or SQLite's data_version)
   and wakes main when new work may be there, so an idle worker does not poll the queue.
 
@@ -32,12 +40,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..backends import RecoveryReport, WorkerInfo
+from ..codec import storable
 from ..errors import BackendUnavailable, CrashonlyError
-from ..execution import Outcome, Prepared, prepare, run_async, run_sync
+from ..execution import Outcome, Prepared, prepare, run_async, run_sync, unknown_task_grace
 from ..job import Reservation, Settlement, SettlementKind
 from ..lifecycle import Shutdown, die_with_parent, notify
 from ..liveness import hostname
 from .events import EventLog
+from .heartbeat import Helper
 
 if TYPE_CHECKING:
     import asyncio
@@ -54,6 +64,8 @@ _FLUSH_AFTER = 0.02  # settle finished jobs at least this often when nothing els
 _MAX_PREFETCH = 64
 _SKEW_WARN = 2.0  # seconds between this clock and the store's worth a warning
 
+Key = tuple[int, int]  # (job id, token): one run of a job
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class WorkerConfig:
@@ -62,6 +74,7 @@ class WorkerConfig:
     grace: float = 10.0
     prefetch: int | None = None  # None: adapt to job duration
     log_format: str = "text"
+    heartbeat_helper: bool = True  # renew leases from a helper process while the GIL is held
 
 
 @dataclass(kw_only=True, slots=True)
@@ -96,21 +109,25 @@ class Worker:
         self.id = f"{hostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.log = log or EventLog(config.log_format, worker=self.id)
         self.log.worker = self.id
+        unknown_task_grace()  # a bad $CRASHONLY_UNKNOWN_TASK_GRACE fails the start, not a job
         self.queues = list(config.queues) or sorted({t.queue for t in app.tasks.values()}) or ["default"]
         self.shutdown = shutdown or Shutdown()
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # wake-ups, async completions
         self.work: queue.SimpleQueue[Reservation | None] = queue.SimpleQueue()  # sync jobs
-        self.lock = threading.Lock()  # guards held, running, finished, lost
-        self.held: dict[int, Reservation] = {}  # every reservation not yet settled
-        self.running: dict[int, Running] = {}  # started and not finished
-        self.finished: list[tuple[int, Outcome]] = []  # reported by lanes, not yet handled
+        self.lock = threading.Lock()  # guards held, running, finished, lost, suspect
+        self.held: dict[int, Reservation] = {}  # live reservations not yet settled, by job id
+        self.running: dict[Key, Running] = {}  # started and not finished (lost ones too)
+        self.finished: list[tuple[Key, Outcome]] = []  # reported by lanes, not yet handled
         self.unstarted: list[Reservation] = []  # taken by a lane after shutdown began
         self.async_waiting: list[Reservation] = []  # async jobs claimed ahead, not started
         self.async_running = 0
-        self.lost: set[int] = set()
+        self.lost: set[Key] = set()  # stale runs not finished yet (queued or running)
+        self.suspect: Reservation | None = None  # waits to run alone
+        self.solo: Key | None = None  # the suspect running alone
         self.pending: list[Settlement] = []
-        self.pending_logs: dict[int, tuple[str, dict[str, Any]]] = {}  # logged once committed
+        self.pending_logs: dict[Key, tuple[str, dict[str, Any]]] = {}  # logged once committed
         self.pending_since = 0.0
+        self.flush_soon = False
         self.counts = Counts()
         self.stop_threads = threading.Event()
         self.lanes = [threading.Thread(target=self._lane, name=f"lane-{i}", daemon=True)
@@ -118,6 +135,10 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.avg_duration = 0.05
         self.low_water = config.concurrency  # lanes wake main when this few jobs are left
+        leases = [t.lease for t in app.tasks.values()] or [30.0]
+        self.touch_every = max(0.2, min(leases) / 3)
+        self.late_after = max(1.0, min(2.0, self.touch_every))  # the helper steps in
+        self.helper: Helper | None = None
 
     # --- life cycle -------------------------------------------------------------------------
     def run(self) -> int:
@@ -145,10 +166,22 @@ class Worker:
             # After READY, off the start-up path (ctypes costs ~4 ms): a SIGKILLed supervisor
             # (honcho, a shell) does not leave this worker running.
             die_with_parent()
+            self._start_helper()
             self._loop()
             return self._shutdown()
         finally:
             self.shutdown.restore()
+            if self.helper is not None:
+                self.helper.close()
+
+    def _start_helper(self) -> None:
+        if not self.config.heartbeat_helper or not self.backend.capabilities.multi_process:
+            return
+        try:
+            self.helper = Helper(self.app.url, self.id, self.late_after)
+        except OSError as exc:
+            self.log("error", error=f"no heartbeat helper ({exc}): a job holding the GIL "
+                     "longer than its lease may run twice")
 
     def _connect(self) -> RecoveryReport | None:
         """Migrate, recover and register. A remote backend that is down is waited for (with
@@ -189,24 +222,62 @@ class Worker:
         backoff = 0.0
         while not self.shutdown.requested.is_set():
             busy = bool(self.held)
-            self._collect(timeout=0.5 if idle else _FLUSH_AFTER if busy else 0.0)
-            if self.shutdown.requested.is_set():
-                break
             try:
+                self._collect(timeout=0.5 if idle else _FLUSH_AFTER if busy else 0.0)
+                if self.shutdown.requested.is_set():
+                    break
                 idle = self._step()
                 backoff = 0.0
-            except CrashonlyError as exc:
+            except Exception as exc:  # nothing from a job's data ends the loop
+                if self.pending and not isinstance(exc, BackendUnavailable):
+                    exc = self._settle_one_by_one() or exc
                 backoff = min(5.0, max(0.1, backoff * 2))
-                self.log("error", error=str(exc), retry_in=f"{backoff:.1f}s")
+                error = str(exc) if isinstance(exc, CrashonlyError) else repr(exc)
+                self.log("error", error=storable(error), retry_in=f"{backoff:.1f}s")
                 self.log.flush()
                 self.shutdown.requested.wait(backoff * random.uniform(0.8, 1.2))
                 idle = True
             self.log.flush()
 
+    def _settle_one_by_one(self) -> Exception | None:
+        """A batch of settlements failed for something other than an outage: apply them one
+        at a time, so one the store cannot take (its content) holds back no other; that one
+        is buried with the reason. Returns the error to back off on, if any."""
+        pending, self.pending = self.pending, []
+        refused: list[int] = []
+        for i, s in enumerate(pending):
+            try:
+                try:
+                    refused += self.backend.settle([s], now=self.app.clock())
+                except BackendUnavailable:
+                    raise
+                except Exception as exc:
+                    reason = storable(f"its settlement could not be stored: {exc!r}")
+                    bury = Settlement(job_id=s.job_id, token=s.token, kind=SettlementKind.BURY,
+                                      error=reason)
+                    refused += self.backend.settle([bury], now=self.app.clock())
+                    self.pending_logs[(s.job_id, s.token)] = (
+                        "buried", {"job": s.job_id, "error": reason})
+            except Exception as exc:  # an outage: the rest waits for the store
+                self.pending = pending[:i]
+                self._settled(refused)
+                self.pending = pending[i:]
+                return exc
+        self.pending = pending
+        self._settled(refused)
+        return None
+
     def _step(self) -> bool:
         """Claim more when the lanes are about to run dry; settle what finished. True when
         there was nothing to do."""
-        outstanding = len(self.held)
+        if self.suspect is not None or self.solo is not None:
+            self._start_suspect()
+            if self.pending and (self.flush_soon
+                                 or time.monotonic() - self.pending_since >= _FLUSH_AFTER):
+                self._flush()
+            return False
+        with self.lock:
+            outstanding = len(self.held) + sum(1 for k in self.running if k in self.lost)
         prefetch = self._prefetch()
         # Double buffering: claim the next batch while half of this one is still queued, so
         # lanes never wait for a commit.
@@ -218,13 +289,16 @@ class Worker:
                 settle=self.pending,
             )
             self._settled(refused)
+            # The store handed out again a job we hold: our old token is stale (we stalled).
+            self._mark_lost([(r.job.id, self.held[r.job.id].token) for r in got
+                             if r.job.id in self.held])
             with self.lock:
                 for r in got:
                     self.held[r.job.id] = r
             for r in got:
                 self._dispatch(r)
             return not got and not self.held
-        if self.pending and (len(self.pending) >= _MAX_PREFETCH
+        if self.pending and (self.flush_soon or len(self.pending) >= _MAX_PREFETCH
                              or time.monotonic() - self.pending_since >= _FLUSH_AFTER):
             self._flush()
         return False
@@ -242,9 +316,11 @@ class Worker:
 
     def _settled(self, refused: list[int]) -> None:
         """The pending settlements committed, but for ``refused``: now log their fate."""
+        self.flush_soon = False
         refused_ids = set(refused)
         for s in self.pending:
-            status, fields = self.pending_logs.pop(s.job_id, ("released", {"job": s.job_id}))
+            status, fields = self.pending_logs.pop((s.job_id, s.token),
+                                                   ("released", {"job": s.job_id}))
             if s.job_id in refused_ids:
                 status = "lost"
                 fields = {**fields, "reason": "lease lost before the ack: not applied"}
@@ -255,6 +331,14 @@ class Worker:
 
     # --- running jobs -----------------------------------------------------------------------
     def _dispatch(self, r: Reservation) -> None:
+        if r.alone and self.solo is None:
+            self.suspect = r
+            self._start_suspect()
+            return
+        with self.lock:
+            if (r.job.id, r.token) in self.lost:  # went stale while it waited
+                self.lost.discard((r.job.id, r.token))
+                return
         task = self.app.tasks.get(r.job.task)
         if task is None or not task.is_async or self.loop is None:
             self.work.put(r)  # a lane takes it
@@ -268,12 +352,30 @@ class Worker:
         if isinstance(p, Prepared):
             self.loop.call_soon_threadsafe(self._start_async, run, p)
         else:
-            self.inbox.put((r.job.id, p))
+            self.inbox.put(((r.job.id, r.token), p))
+
+    def _start_suspect(self) -> None:
+        """Start the suspect once it is the only job held, nothing runs (stale runs included)
+        and every other settlement is committed: if the process dies now, the death is its."""
+        r = self.suspect
+        if r is None or self.shutdown.requested.is_set():
+            return
+        with self.lock:
+            if (self.running or self.async_waiting or self.finished
+                    or self.held.get(r.job.id) is not r or len(self.held) > 1):
+                return
+        self._flush()  # may fail (an outage): then the next step tries again
+        with self.lock:
+            if self.suspect is not r:  # went stale meanwhile
+                return
+            self.suspect = None
+            self.solo = (r.job.id, r.token)
+        self._dispatch(r)
 
     def _begin(self, r: Reservation) -> Running:
         run = Running(reservation=r, started=time.monotonic())
         with self.lock:
-            self.running[r.job.id] = run
+            self.running[(r.job.id, r.token)] = run
         self.log("started", job=r.job.id, task=r.job.task, attempt=r.job.attempts)
         return run
 
@@ -282,9 +384,14 @@ class Worker:
             r = self.work.get()
             if r is _STOP:
                 return
-            if self.shutdown.requested.is_set() or r.job.id in self.lost:
-                with self.lock:
+            key = (r.job.id, r.token)
+            with self.lock:
+                stale = key in self.lost
+                self.lost.discard(key)
+                if not stale and self.shutdown.requested.is_set():
                     self.unstarted.append(r)
+                    stale = True
+            if stale:
                 self.inbox.put(_WAKE)
                 continue
             run = self._begin(r)
@@ -295,10 +402,11 @@ class Worker:
             try:
                 outcome = run_sync(self.app, r, run.cancelled, on_start)
             except BaseException as exc:  # never lose the completion
-                outcome = Outcome(status="retrying", error=repr(exc), settlement=Settlement(
-                    job_id=r.job.id, token=r.token, kind=SettlementKind.FAIL, error=repr(exc)))
+                error = storable(repr(exc))
+                outcome = Outcome(status="retrying", error=error, settlement=Settlement(
+                    job_id=r.job.id, token=r.token, kind=SettlementKind.FAIL, error=error))
             with self.lock:
-                self.finished.append((r.job.id, outcome))
+                self.finished.append((key, outcome))
             settled = outcome.settlement
             if (self.work.qsize() <= self.low_water - self.config.concurrency
                     or self.shutdown.requested.is_set()
@@ -313,9 +421,9 @@ class Worker:
 
     def _start_async(self, run: Running, p: Prepared) -> None:
         assert self.loop is not None
-        job_id = run.reservation.job.id
+        key = (run.reservation.job.id, run.reservation.token)
         run.task = self.loop.create_task(run_async(self.app, p))
-        run.task.add_done_callback(lambda t: self.inbox.put((job_id, t.result())))
+        run.task.add_done_callback(lambda t: self.inbox.put((key, t.result())))
 
     def _collect(self, timeout: float) -> None:
         """Wait up to ``timeout`` for a wake-up, then handle everything that finished."""
@@ -332,21 +440,26 @@ class Worker:
                 break
         with self.lock:
             finished, self.finished = self.finished, []
-        for job_id, outcome in finished:
-            self._finished(job_id, outcome)
+        for key, outcome in finished:
+            self._finished(key, outcome)
 
-    def _finished(self, job_id: int, outcome: Outcome) -> None:
+    def _finished(self, key: Key, outcome: Outcome) -> None:
+        job_id = key[0]
         with self.lock:
-            run = self.running.pop(job_id, None)
-            self.held.pop(job_id, None)
-        if run is None:
-            return
-        r = run.reservation
+            run = self.running.pop(key, None)
+            if run is None:
+                return
+            r = run.reservation
+            if self.held.get(job_id) is r:
+                del self.held[job_id]
+            lost = run.lost or key in self.lost
+            self.lost.discard(key)
+            if self.solo == key:
+                self.solo = None
         if self.loop is not None and self._is_async(r):
             self.async_running -= 1
             self._start_waiting_async()
         self.avg_duration = 0.8 * self.avg_duration + 0.2 * outcome.duration
-        lost = run.lost or job_id in self.lost
         status = "lost" if lost else outcome.status
         fields: dict[str, Any] = {"job": job_id, "task": r.job.task,
                                   "ms": round(outcome.duration * 1000, 1)}
@@ -361,9 +474,9 @@ class Worker:
         if not self.pending:
             self.pending_since = time.monotonic()
         self.pending.append(outcome.settlement)
-        self.pending_logs[job_id] = (status, fields)
+        self.pending_logs[key] = (status, fields)
         if outcome.settlement.kind is SettlementKind.RELEASE:
-            self._flush()  # give it back at once
+            self.flush_soon = True  # give it back at once (main's next step)
 
     def _is_async(self, r: Reservation) -> bool:
         task = self.app.tasks.get(r.job.task)
@@ -374,6 +487,9 @@ class Worker:
         taken by a lane after the stop)."""
         self.unstarted.extend(self.async_waiting)
         self.async_waiting = []
+        if self.suspect is not None:
+            self.unstarted.append(self.suspect)
+            self.suspect = None
         while True:
             try:
                 r = self.work.get_nowait()
@@ -383,14 +499,15 @@ class Worker:
                 self.unstarted.append(r)
         with self.lock:
             unstarted, self.unstarted = self.unstarted, []
-            for r in unstarted:
-                self.held.pop(r.job.id, None)
-        for r in unstarted:
-            if r.job.id in self.lost:
-                continue
+            live = [r for r in unstarted if (r.job.id, r.token) not in self.lost]
+            self.lost.difference_update((r.job.id, r.token) for r in unstarted)
+            for r in live:
+                if self.held.get(r.job.id) is r:
+                    del self.held[r.job.id]
+        for r in live:
             self.pending.append(_release(r))
-            self.pending_logs[r.job.id] = ("released", {"job": r.job.id, "task": r.job.task,
-                                                        "reason": reason})
+            self.pending_logs[(r.job.id, r.token)] = (
+                "released", {"job": r.job.id, "task": r.job.task, "reason": reason})
 
     # --- shutdown ---------------------------------------------------------------------------
     def _shutdown(self) -> int:
@@ -421,11 +538,15 @@ class Worker:
         self._hand_back_unstarted("claimed but not started")
         with self.lock:
             stuck = list(self.running.values())
+            stale = {k for k in self.running if k in self.lost}
         for run in stuck:
+            key = (run.reservation.job.id, run.reservation.token)
             if run.context is not None and run.context.db is not None:
                 self.backend.abort(run.context.db)
+            if run.lost or key in stale:
+                continue  # not ours to release
             self.pending.append(_release(run.reservation))
-            self.pending_logs[run.reservation.job.id] = ("released", {
+            self.pending_logs[key] = ("released", {
                 "job": run.reservation.job.id, "task": run.reservation.job.task,
                 "reason": "still running when the grace ended"})
         self._flush_quietly()
@@ -452,11 +573,18 @@ class Worker:
 
     def _flush_quietly(self) -> None:
         try:
-            self._flush()
-        except CrashonlyError as exc:
+            try:
+                self._flush()
+            except BackendUnavailable:
+                raise
+            except Exception as exc:  # a settlement the store cannot take: isolate it
+                error = self._settle_one_by_one()
+                if error is not None:
+                    raise error from exc
+        except Exception as exc:
             # The backend is down: the jobs stay reserved under our worker id and recovery
             # returns them once we are gone (our lock or pid vanishes with us).
-            self.log("error", error=f"could not release jobs: {exc}")
+            self.log("error", error=storable(f"could not release jobs: {exc}"))
             self.pending = []
             self.pending_logs.clear()
 
@@ -477,10 +605,20 @@ class Worker:
         ready.wait()
 
     def _keeper(self) -> None:
-        leases = [t.lease for t in self.app.tasks.values()] or [30.0]
-        touch_every = max(0.2, min(leases) / 3)
-        last_touch = time.monotonic()
+        touch_every = self.touch_every
+        last_touch = last_turn = time.monotonic()
         while not self.stop_threads.wait(_RECOVER_EVERY * random.uniform(0.8, 1.2)):
+            if self.helper is not None:
+                self.helper.tick()
+            late = time.monotonic() - last_turn - _RECOVER_EVERY * 1.2
+            last_turn = time.monotonic()
+            if late > self.late_after:
+                # A job held the GIL (one long C call) or the process was paused: this
+                # keeper could not renew. The helper renewed meanwhile, unless paused.
+                self.log("late", seconds=round(late, 1), held=len(self.held),
+                         helper="on" if self.helper is not None else "off",
+                         reason="the keeper could not run: a job held the GIL, or the "
+                         "process was paused")
             try:
                 report = self.app.recover()
                 if report:
@@ -493,19 +631,28 @@ class Worker:
                     last_touch = time.monotonic()
                     with self.lock:
                         held = [(i, r.token) for i, r in self.held.items()]
-                    lost = self.backend.touch(held, now=self.app.clock())
+                    stale = set(self.backend.touch(held, now=self.app.clock()))
                     self.backend.heartbeat(self.id, now=self.app.clock())
-                    self._mark_lost(lost)
+                    self._mark_lost([k for k in held if k[0] in stale])
             except CrashonlyError as exc:
                 self.log("error", error=f"keeper: {exc}")
 
-    def _mark_lost(self, lost: list[int]) -> None:
+    def _mark_lost(self, lost: list[Key]) -> None:
+        """These reservations are stale: drop them from the holdings (never renewed again),
+        cancel their runs, and remember them until their run (or their turn) is over."""
         if not lost:
             return
         with self.lock:
-            self.lost.update(lost)
-            for job_id in lost:
-                run = self.running.get(job_id)
+            for key in lost:
+                r = self.held.get(key[0])
+                if r is None or r.token != key[1]:
+                    continue
+                del self.held[key[0]]
+                if self.suspect is r:
+                    self.suspect = None  # never queued: nothing will come back for it
+                    continue
+                self.lost.add(key)
+                run = self.running.get(key)
                 if run is not None:
                     run.lost = True
                     run.cancelled.set()

@@ -1,0 +1,88 @@
+"""Bad bytes and bad shapes in a job's data never crash a worker nor corrupt a row: errors and
+results are always storable, one bad settlement fails no batch; SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import crashonly
+from crashonly.job import JobState
+from tests.apps.stallapp import BAD_NAME, register
+from tests.conftest import PYTHON
+from tests.processes.harness import Proc, worker
+from tests.semantics.postgres_factory import postgres_url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return postgres_url(tmp_path, request)
+    return f"sqlite:///{tmp_path / 'queue.db'}"
+
+
+@pytest.fixture
+def queue(url: str) -> Iterator[crashonly.App]:
+    app = crashonly.App(url)
+    register(app)
+    app.migrate()
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+def cli(url: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "crashonly.cli", *args, "--url", url], env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_an_undecodable_file_name_in_an_error_or_a_result_is_stored(
+    url: str, subprocess_env: dict[str, str], procs: list[Proc], queue: crashonly.App,
+) -> None:
+    failing = queue.tasks["stallapp.missing_file"].enqueue()  # raises FileNotFoundError(BAD_NAME)
+    returning = queue.tasks["stallapp.bad_result"].enqueue()
+    echoed = queue.tasks["stallapp.echo"].enqueue({"path": BAD_NAME, "nul": "a\x00b"})
+    neighbours = queue.tasks["stallapp.short"].enqueue_many([()] * 5)
+    w = worker(url, subprocess_env, "--concurrency", "2", "--prefetch", "8", app="stallapp:app")
+    procs.append(w)
+    assert returning.wait(10) == BAD_NAME  # the very same string, surrogate and all
+    assert echoed.wait(10) == {"path": BAD_NAME, "nul": "a\x00b"}
+    assert [h.wait(10) for h in neighbours] == ["short"] * 5
+    with pytest.raises(crashonly.JobFailed):
+        failing.wait(10)
+    job = failing.job
+    assert job.state is JobState.BURIED and "/data/\\xff.csv" in (job.last_error or ""), job
+    assert w.popen.poll() is None, w.text()  # the worker never crashed
+    for args in (["jobs", "list"], ["jobs", "show", str(failing.id)],
+                 ["jobs", "show", str(returning.id), "--json"]):
+        out = cli(url, subprocess_env, *args)
+        assert out.returncode == 0, (args, out.stderr)
+    shown = json.loads(cli(url, subprocess_env, "jobs", "show", str(returning.id), "--json").stdout)
+    assert shown["result"] == BAD_NAME
+    w.signal(signal.SIGTERM)
+    assert w.wait() == 0
+    assert "Traceback" not in w.text()
+
+
+def test_a_payload_nested_too_deep_is_refused_at_enqueue(queue: crashonly.App) -> None:
+    deep: list[object] = []
+    for _ in range(10_000):
+        deep = [deep]
+    with pytest.raises(crashonly.SerializationError, match=r"argument 0 of stallapp\.echo"):
+        queue.tasks["stallapp.echo"].enqueue(deep)
+    shallow: list[object] = []
+    for _ in range(150):
+        shallow = [shallow]
+    assert queue.tasks["stallapp.echo"].enqueue(shallow).job.args == [shallow]
