@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import subprocess
 from dataclasses import dataclass
 
 from hypothesis import settings
@@ -44,6 +45,18 @@ class Clock:
         return self.now
 
 
+_DEAD: list[int] = []
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (a registration naming it is of a dead worker)."""
+    if not _DEAD:
+        proc = subprocess.Popen(["true"])
+        proc.wait()
+        _DEAD.append(proc.pid)
+    return _DEAD[0]
+
+
 class QueueMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -55,9 +68,10 @@ class QueueMachine(RuleBasedStateMachine):
         self.held: list[tuple[int, int]] = []  # (job id, token) ever handed out
         self.tokens = itertools.count()
 
-    def _register(self) -> None:
+    def _register(self, pid: int | None = None) -> None:
         self.app.backend.register_worker(WorkerInfo(
-            id="w", host=socket.gethostname(), pid=os.getpid(), started_at=0, heartbeat_at=0))
+            id="w", host=socket.gethostname(), pid=pid or os.getpid(), started_at=0,
+            heartbeat_at=0))
 
     def teardown(self) -> None:
         self.app.close()
@@ -169,7 +183,9 @@ class QueueMachine(RuleBasedStateMachine):
     def holder_dies(self) -> None:
         """The holder dies: blamed only if it held a single job, else all become suspects."""
         self.app.backend.deregister_worker("w")
+        self._register(pid=_dead_pid())  # the row now names a process that has exited
         self.app.recover()
+        self.app.backend.deregister_worker("w")
         self._register()
         held = [m for m in self.jobs.values() if m.state == "reserved"]
         if len(held) > 1:
