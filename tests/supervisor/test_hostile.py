@@ -32,7 +32,7 @@ SQUATTER = r"""
 import json, select, socket, sys
 FAKE = {"ok": True, "formation": {"web": 99}, "processes": [], "restarted": ["web.1"],
         "seconds": 0.0}
-servers = []
+held, servers = [], []
 for name in sys.argv[1:]:
     kind = socket.SOCK_DGRAM if name.startswith("dgram:") else socket.SOCK_STREAM
     s = socket.socket(socket.AF_UNIX, kind)
@@ -40,6 +40,7 @@ for name in sys.argv[1:]:
         s.bind("\0" + name.removeprefix("dgram:"))
     except OSError:
         continue
+    held.append(s)
     if kind == socket.SOCK_STREAM:
         s.listen(16)
         servers.append(s)
@@ -78,13 +79,14 @@ def squat() -> Iterator[Callable[..., None]]:
 
     def start(*names: str) -> None:
         proc = subprocess.Popen(["runuser", "-u", "nobody", "--", SYSTEM_PYTHON, "-c", SQUATTER,
-                                 *names], stdout=subprocess.PIPE, text=True, cwd="/")
+                                 *names], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True, cwd="/", start_new_session=True)
         started.append(proc)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
 
     yield start
     for proc in started:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)  # runuser does not pass signals on to its child
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
