@@ -11,9 +11,7 @@ worker loads, and the driver and pool it needs; the interpreter's exit not count
 take turns within each round (A B C floor, A B C floor…), so a machine whose speed drifts
 affects all alike; one warm-up round is not counted; medians are reported. Peers and the
 PostgreSQL set-up are those of ``bench/postgres_peers.py`` (the ``bench`` extra; PostgreSQL at
-127.0.0.1:5432).
-``--write`` replaces this benchmark's
-section of ``bench/RESULTS.md``.
+127.0.0.1:5432). ``--write`` replaces this benchmark's section of ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
