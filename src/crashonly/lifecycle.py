@@ -8,10 +8,12 @@
 * Readiness is announced with the systemd notify protocol (``READY=1``, ``STOPPING=1`` on the
   datagram socket named by ``$NOTIFY_SOCKET``), which ``crashonly up`` and systemd
   ``Type=notify`` both understand. Without ``$NOTIFY_SOCKET`` it does nothing.
-* :func:`die_with_parent` makes a child exit when its supervisor dies (``PR_SET_PDEATHSIG``).
-  Under ``crashonly up`` (``$CRASHONLY_UP_PID`` set) it does nothing: ``up``'s watchdog already
-  sends exactly one SIGTERM to every child's process group, and a second one from the kernel
-  would turn a graceful stop into an immediate one.
+* :func:`die_with_parent` makes a child exit when its supervisor dies (``PR_SET_PDEATHSIG``),
+  but only when the supervisor asked for it (``CRASHONLY_DIE_WITH_PARENT=1`` in the child's
+  environment, or ``--die-with-parent``): by default a process outlives the shell that started
+  it (``nohup crashonly worker … &``). Under ``crashonly up`` (``$CRASHONLY_UP_PID`` set) it
+  does nothing: ``up``'s watchdog already sends exactly one SIGTERM to every child's process
+  group, and a second one from the kernel would turn a graceful stop into an immediate one.
 * :func:`become_subreaper` is the supervisor's side: orphans of its children are reparented to
   it (``PR_SET_CHILD_SUBREAPER``), so it reaps them and their process groups empty out.
 """
@@ -28,6 +30,11 @@ from typing import Any
 __all__ = ["Shutdown", "become_subreaper", "die_with_parent", "notify"]
 
 Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+DIE_WITH_PARENT_ENV = "CRASHONLY_DIE_WITH_PARENT"
+# Our parent when crashonly was first imported: if it is gone by the time die_with_parent()
+# runs (after start-up), the parent died before the kernel could be told to signal us.
+_FIRST_PARENT = os.getppid()
 
 
 class Shutdown:
@@ -92,18 +99,21 @@ def notify(state: str) -> bool:
     return True
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
-    if os.environ.get("CRASHONLY_UP_PID"):
-        return
-    parent = os.getppid()
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """If our supervisor asked for it (``CRASHONLY_DIE_WITH_PARENT=1``), ask Linux to send
+    ``sig`` to this process when its parent dies; returns whether it was asked. The variable
+    is removed from our environment: it is meant for this process, not for what it starts."""
+    wanted = os.environ.pop(DIE_WITH_PARENT_ENV, "") == "1"
+    if not wanted or os.environ.get("CRASHONLY_UP_PID"):
+        return False
     pr_set_pdeathsig = 1
     if not _prctl(pr_set_pdeathsig, sig):
-        return
+        return True
     # The parent died before prctl took effect: we were re-parented. (Compare with the parent
     # we had, not with 1: under systemd or tini the parent *is* pid 1 and alive.)
-    if os.getppid() != parent:
+    if os.getppid() != _FIRST_PARENT:
         os.kill(os.getpid(), sig)
+    return True
 
 
 def become_subreaper() -> bool:

@@ -148,9 +148,9 @@ def test_demo_leaves_nothing_behind_but_its_report(tmp_path: Path,
     result = chaos(["--duration", "5", "--kill-every", "0.4"], env, tmp_path, command="demo")
     assert result.returncode == 0, result.stdout
     assert "PASS: every invariant held." in result.stdout
-    assert sorted(p.name for p in scratch.iterdir()) == ["crashonly-demo-report.html"]
-    assert f"report: {scratch / 'crashonly-demo-report.html'}" in result.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]
+    assert sorted(p.name for p in scratch.iterdir()) == []
+    assert f"report: {tmp_path / 'crashonly-demo-report.html'}" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crashonly-demo-report.html", "tmp"]
 
 
 def test_database_restart_on_postgres(tmp_path: Path, subprocess_env: dict[str, str]) -> None:

@@ -250,18 +250,24 @@ class PostgresBackend:
                 raise BackendError(f"the PostgreSQL backend for {self.where} is closed")
             if self._pool is not None and not self._broken:
                 return self._pool
-            # Probe first: a refused, starting or misconfigured server fails now, with its
-            # own reason, instead of after a pool timeout.
-            self._connect("probe").close()
             old, self._pool = self._pool, None
             if old is not None:  # its threads may be mid-retry: let them end off the hot path
-                threading.Thread(target=old.close, kwargs={"timeout": 5}, daemon=True).start()
+                _close_later(old)
             pool: psycopg_pool.ConnectionPool[Conn] = psycopg_pool.ConnectionPool(
                 self.conninfo, min_size=1, max_size=self.pool_max, open=False,
                 timeout=self.pool_timeout, name=f"crashonly-{self.schema}",
                 kwargs={"autocommit": True, "application_name": "crashonly"},
             )
+            # The pool's first connection is made by its own thread while we probe: the two
+            # handshakes overlap instead of adding up (start-up time, issue 10.6). The probe
+            # makes a refused, starting or misconfigured server fail now, with its own reason,
+            # instead of after a pool timeout.
             pool.open(wait=False)
+            try:
+                self._connect("probe").close()
+            except BaseException:
+                _close_later(pool)
+                raise
             self._pool, self._broken = pool, False
             return pool
 
@@ -796,3 +802,8 @@ def _missing(wanted: Sequence[int], done: Sequence[int]) -> list[int]:
         else:
             refused.append(i)
     return refused
+
+
+def _close_later(pool: psycopg_pool.ConnectionPool[Conn]) -> None:
+    """Close ``pool`` off the caller's path (its threads may be mid-retry)."""
+    threading.Thread(target=pool.close, kwargs={"timeout": 5}, daemon=True).start()

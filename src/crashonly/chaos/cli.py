@@ -32,6 +32,8 @@ from .verify import Verdict
 
 __all__ = ["Config", "main", "run"]
 
+DEMO_REPORT = "crashonly-demo-report.html"  # written into the current folder by default
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Config:
@@ -472,22 +474,22 @@ def _demo(argv: list[str], prog: str) -> int:
         description="The chaos run on the bundled example shop, on SQLite in a temporary folder: "
         "its web and worker processes under `crashonly up`, probe jobs and HTTP requests, a "
         "random SIGTERM or SIGKILL every 0.75 s or so, then the proof that nothing was lost. "
-        "Leaves nothing behind but the report.",
+        f"Leaves nothing behind but the report (./{DEMO_REPORT} unless --report says where).",
     )
     _add_run_options(p, duration=25.0, kill_every=0.75, rate=20)
     p.add_argument("--no-report", action="store_true", help="write no HTML report")
     args = p.parse_args(argv)
-    root = Path(__file__).resolve().parents[3]
-    shop = root / "examples" / "shop"
-    if not (shop / "app.py").is_file():
-        print(f"{prog}: error: the example app is not here ({shop}); `crashonly demo` runs from "
-              "a source checkout of crashonly (./dev demo)", file=sys.stderr)
+    root = _example_root()
+    if root is None:
+        print(f"{prog}: error: the example shop is missing from this installation of crashonly "
+              "(crashonly/_demo); reinstall it", file=sys.stderr)
         return 2
+    shop = root / "examples" / "shop"
     has_web = (shop / "web.py").is_file() and _importable("uvicorn")
     formation = "web=2,worker=2" if has_web else "web=0,worker=3"
     report = None
     if not args.no_report:
-        report = Path(args.report or Path(tempfile.gettempdir()) / "crashonly-demo-report.html")
+        report = Path(args.report or DEMO_REPORT).absolute()
     folder = Path(tempfile.mkdtemp(prefix="crashonly-demo-"))
     try:
         procfile = folder / "Procfile"
@@ -508,6 +510,16 @@ def _demo(argv: list[str], prog: str) -> int:
         return run(cfg)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _example_root() -> Path | None:
+    """The folder that holds ``examples/shop``: inside the installed package (the wheel ships
+    it as ``crashonly/_demo``), else the source checkout this module runs from."""
+    here = Path(__file__).resolve()
+    for root in (here.parents[1] / "_demo", here.parents[3]):
+        if (root / "examples" / "shop" / "app.py").is_file():
+            return root
+    return None
 
 
 def _importable(module: str) -> bool:

@@ -118,6 +118,7 @@ def _run(*, procfile: Procfile, env: dict[str, str], formation: dict[str, int], 
 
     listeners: dict[str, socket.socket] = {}
     control = None
+    logs = None
     try:
         # Everything that can fail on bad input fails here, before any process starts.
         for index, process_type in enumerate(procfile.types):
@@ -133,9 +134,12 @@ def _run(*, procfile: Procfile, env: dict[str, str], formation: dict[str, int], 
         settings = Settings(procfile=procfile, env=env, formation=formation, ports=ports,
                             timeout=args.timeout, ready_timeout=args.ready_timeout, root=root,
                             backoff_max=args.backoff_max)
-        manager = Manager(settings, Logs(procfile.names()), listeners=listeners, control=control)
+        logs = Logs(procfile.names())
+        manager = Manager(settings, logs, listeners=listeners, control=control)
         return manager.run()
     finally:
+        if logs is not None:
+            logs.close()
         for sock in listeners.values():
             sock.close()
         if control is not None:

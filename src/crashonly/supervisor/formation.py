@@ -11,7 +11,7 @@ import re
 
 from . import FormationError
 
-__all__ = ["parse_formation", "resolve_formation"]
+__all__ = ["check_counts", "parse_formation", "resolve_formation"]
 
 _PAIR = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)=(?P<count>\d+)$")
 MAX_PER_TYPE = 64  # a typo like web=200 should not fork-bomb a laptop
@@ -31,6 +31,23 @@ def parse_formation(text: str) -> dict[str, int]:
         counts[match["name"]] = count
     if not counts:
         raise FormationError("empty formation: expected TYPE=COUNT, e.g. web=2,worker=3")
+    return counts
+
+
+def check_counts(value: object) -> dict[str, int]:
+    """``value`` (decoded JSON from a control client) as a formation, or a FormationError:
+    the same limits as the command line, whatever a client sends."""
+    if not isinstance(value, dict) or not value:
+        raise FormationError("counts must be a non-empty object of TYPE: COUNT")
+    counts: dict[str, int] = {}
+    for name, count in value.items():
+        if not isinstance(name, str) or not _PAIR.match(f"{name}=0"):
+            raise FormationError(f"bad process type {name!r}")
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise FormationError(f"{name}: the count must be an integer, not {count!r}")
+        if not 0 <= count <= MAX_PER_TYPE:
+            raise FormationError(f"{name}={count}: between 0 and {MAX_PER_TYPE} processes per type")
+        counts[name] = count
     return counts
 
 

@@ -38,7 +38,7 @@ from typing import Any
 from ..lifecycle import Shutdown, become_subreaper
 from . import FormationError
 from .control import Connection
-from .formation import resolve_formation
+from .formation import check_counts, resolve_formation
 from .logs import Logs
 from .process import Child, spawn
 from .procfile import Procfile
@@ -99,7 +99,6 @@ class Manager:
         self.hangup = False
         self.shutting_down = False
         self.killed_any = False
-        self.serial = 0
         self.restarting = False
         self.rolling: deque[tuple[str, int]] = deque()
         self.rolling_slot: tuple[str, int] | None = None
@@ -224,19 +223,20 @@ class Manager:
 
     def _start(self, slot: Slot) -> Child | None:
         process_type = self.settings.procfile.get(slot.type_name)
-        self.serial += 1
         env = dict(self.settings.env)
         env["CRASHONLY_PROCESS"] = slot.label
         if slot.type_name in self.settings.ports:
             env["PORT"] = str(self.settings.ports[slot.type_name])
-        notify = NotifySocket(f"crashonly/{os.getpid()}/{self.serial}")
+        notify: NotifySocket | None = None
         try:
+            notify = NotifySocket()
             child = spawn(type_name=slot.type_name, number=slot.number,
                           command=process_type.command, env=env,
                           listener=self.listeners.get(slot.type_name), notify=notify,
                           root=self.settings.root)
-        except OSError as exc:
-            notify.close()
+        except OSError as exc:  # a failed start, never a crash of `up`: backoff
+            if notify is not None:
+                notify.close()
             self.logs.error(f"cannot start {slot.label}: {exc}")
             self._failed(slot, None, f"spawn failed: {exc}")
             return None
@@ -513,10 +513,25 @@ class Manager:
             return
         if request is None:
             return
+        try:
+            self._serve(client, request)
+        except Exception as exc:  # a bad request is refused; it must never stop the formation
+            self.logs.error(f"control request failed: {exc!r}")
+            self._forget_client(client)
+            if client in self.waiters:
+                self.waiters.remove(client)
+            client.reply({"ok": False, "error": f"internal error: {exc!r}"})
+
+    def _serve(self, client: Connection, request: dict[str, Any]) -> None:
         op = request.get("op")
         names = self.settings.procfile.names()
         if op == "restart":
             types = request.get("types") or None
+            if types is not None and (not isinstance(types, list)
+                                      or not all(isinstance(t, str) for t in types)):
+                self._forget_client(client)
+                client.reply({"ok": False, "error": "types must be a list of process types"})
+                return
             unknown = sorted(set(types or []) - set(names))
             if unknown:
                 self._forget_client(client)
@@ -530,7 +545,8 @@ class Manager:
         self._forget_client(client)
         if op == "scale":
             try:
-                counts = resolve_formation(dict(request.get("counts") or {}), names, default=None)
+                counts = resolve_formation(check_counts(request.get("counts")), names,
+                                           default=None)
             except FormationError as exc:
                 client.reply({"ok": False, "error": str(exc)})
                 return

@@ -1,9 +1,11 @@
 """The server side of the systemd notify protocol, one datagram socket per child.
 
-Each child gets its own abstract-namespace socket (``NOTIFY_SOCKET=@crashonly/<pid>/<n>``), so a
-message says which child it is from even when the child is a shell that forked the real
-server (a shared socket would need the sender's pid, which a wrapper hides). Abstract sockets
-have no file permissions, so messages whose sender runs as another user are dropped.
+Each child gets its own abstract-namespace socket, so a message says which child it is from
+even when the child is a shell that forked the real server (a shared socket would need the
+sender's pid, which a wrapper hides). The kernel picks the name (autobind, ``NOTIFY_SOCKET=@1a2b3``):
+a name ``up`` chose would be predictable, and any local user could bind it first and make the
+start fail. Abstract sockets have no file permissions, so messages whose sender runs as another
+user are dropped.
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ _UCRED = struct.Struct("3i")  # pid, uid, gid
 
 
 class NotifySocket:
-    def __init__(self, name: str) -> None:
-        self.address = "@" + name  # the NOTIFY_SOCKET value
+    def __init__(self) -> None:
         self.sock = socket.socket(
             socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
         )
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.sock.bind("\0" + name)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            self.sock.bind("")  # autobind: a free abstract name chosen by the kernel
+            name: bytes = self.sock.getsockname()
+        except OSError:
+            self.sock.close()
+            raise
+        self.address = "@" + name[1:].decode()  # the NOTIFY_SOCKET value
 
     def fileno(self) -> int:
         return self.sock.fileno()

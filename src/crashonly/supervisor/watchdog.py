@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 
 
@@ -39,6 +40,23 @@ def _signal(groups: set[int], sig: int) -> None:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _say(message: str) -> None:
+    """Write to stderr from a daemon thread: a full pipe nobody reads must not stop us from
+    stopping the children (the process exits whether or not the line got out)."""
+    def write() -> None:
+        try:
+            os.write(2, f"crashonly up watchdog: {message}\n".encode())
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    _said.append(thread)
+
+
+_said: list[threading.Thread] = []
 
 
 def main(argv: list[str]) -> int:
@@ -65,17 +83,17 @@ def main(argv: list[str]) -> int:
     groups = {g for g in groups if _alive(g)}
     if not groups:
         return 0
-    print(f"crashonly up watchdog: up is gone; stopping {len(groups)} process group(s) "
-          f"{sorted(groups)}", file=sys.stderr, flush=True)
+    _say(f"up is gone; stopping {len(groups)} process group(s) {sorted(groups)}")
     _signal(groups, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while groups and time.monotonic() < deadline:
         time.sleep(0.05)
         groups = {g for g in groups if _alive(g)}
     if groups:
-        print(f"crashonly up watchdog: SIGKILL to {sorted(groups)} after {grace:g} s",
-              file=sys.stderr, flush=True)
+        _say(f"SIGKILL to {sorted(groups)} after {grace:g} s")
         _signal(groups, signal.SIGKILL)
+    for thread in _said:  # give the lines a moment to get out, no more
+        thread.join(0.5)
     return 0
 
 

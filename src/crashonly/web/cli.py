@@ -102,6 +102,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--access-log", action="store_true", help="log one line per request")
     parser.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto",
                         help="HTTP parser (default: httptools if installed, else h11)")
+    parser.add_argument("--die-with-parent", action="store_true",
+                        help="drain and stop when the parent process dies; for supervisors that "
+                        "cannot stop their children themselves (same as "
+                        "CRASHONLY_DIE_WITH_PARENT=1; not needed under crashonly up)")
     return parser
 
 
@@ -153,6 +157,8 @@ def _secret(listeners: list[socket.socket], log: logging.Logger) -> None:
 
 
 def main(argv: list[str], prog: str = "crashonly web", command: str = "web") -> int:
+    from ..lifecycle import DIE_WITH_PARENT_ENV, die_with_parent  # notes our parent, early
+
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -163,9 +169,9 @@ def main(argv: list[str], prog: str = "crashonly web", command: str = "web") -> 
     except ImportError as exc:
         raise ConfigError(f"crashonly web needs uvicorn ({exc}): pip install 'crashonly[web]'"
                           ) from None
-    from ..lifecycle import die_with_parent
-
-    die_with_parent()  # a SIGKILLed supervisor (honcho, a shell) does not leave us running
+    if args.die_with_parent:
+        os.environ[DIE_WITH_PARENT_ENV] = "1"
+    die_with_parent()  # only if asked: by default we outlive the shell that started us
     listeners = _listeners(args)
     try:
         _secret(listeners, log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +33,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="extra jobs to claim per transaction (default: adapt to job length)")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--url", help="database URL (overrides the app's; default $DATABASE_URL)")
+    p.add_argument("--die-with-parent", action="store_true",
+                   help="stop (as on SIGTERM) when the parent process dies; for supervisors "
+                   "that cannot stop their children themselves (same as "
+                   "CRASHONLY_DIE_WITH_PARENT=1; not needed under crashonly up)")
     return p
 
 
@@ -43,12 +48,14 @@ def main(argv: Sequence[str], prog: str = "crashonly worker", command: str = "wo
     if args.grace < 0:
         print(f"{prog}: error: --grace must be 0 or more seconds", file=sys.stderr)
         return 2
-    from ..lifecycle import Shutdown
+    from ..lifecycle import DIE_WITH_PARENT_ENV, Shutdown
     from ..loader import load_app
     from .process import Worker, WorkerConfig
 
     # Handlers first: a SIGTERM that arrives while the app imports still means "stop politely".
     shutdown = Shutdown().install()
+    if args.die_with_parent:
+        os.environ[DIE_WITH_PARENT_ENV] = "1"  # read (and removed) by the worker once ready
     app = load_app(args.app)
     if args.url:
         app.url = args.url
