@@ -48,8 +48,11 @@ def main(argv: Sequence[str], prog: str = "crashonly worker", command: str = "wo
     if args.grace < 0:
         print(f"{prog}: error: --grace must be 0 or more seconds", file=sys.stderr)
         return 2
+    import os
+
     from ..lifecycle import DIE_WITH_PARENT_ENV, Shutdown
     from ..loader import load_app
+    from .heartbeat import ENV
     from .process import Worker, WorkerConfig
 
     # Handlers first: a SIGTERM that arrives while the app imports still means "stop politely".
@@ -59,10 +62,6 @@ def main(argv: Sequence[str], prog: str = "crashonly worker", command: str = "wo
     app = load_app(args.app)
     if args.url:
         app.url = args.url
-    import os
-
-    from .heartbeat import ENV
-
     helper = os.environ.get(ENV, "1").lower() not in ("0", "false", "no", "off")
     config = WorkerConfig(queues=tuple(args.queue), concurrency=args.concurrency,
                           grace=args.grace, prefetch=args.prefetch, log_format=args.log_format,
