@@ -48,8 +48,6 @@ def main(argv: Sequence[str], prog: str = "crashonly worker", command: str = "wo
     if args.grace < 0:
         print(f"{prog}: error: --grace must be 0 or more seconds", file=sys.stderr)
         return 2
-    import os
-
     from ..lifecycle import DIE_WITH_PARENT_ENV, Shutdown
     from ..loader import load_app
     from .heartbeat import ENV
