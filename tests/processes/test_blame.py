@@ -4,32 +4,10 @@ the dead process, so the neighbours of a poison job are never buried; SQLite and
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 import crashonly
 from crashonly.job import JobState
-from tests.apps.stallapp import register
 from tests.processes.harness import Proc, worker
-from tests.semantics.postgres_factory import postgres_url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return postgres_url(tmp_path, request)
-    return f"sqlite:///{tmp_path / 'queue.db'}"
-
-
-@pytest.fixture
-def queue(url: str) -> Iterator[crashonly.App]:
-    app = crashonly.App(url)
-    register(app)
-    app.migrate()
-    yield app
-    app.close()
 
 
 class Formation:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,14 +13,6 @@ import crashonly
 from crashonly.backends.sqlite_lock import describe_holder
 from crashonly.job import JobState
 from tests.processes.harness import Proc, effects, wait_until, worker
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.stop()
 
 
 def _path(db_url: str) -> str:

@@ -5,40 +5,13 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import crashonly
 from crashonly.job import JobState
-from tests.apps.stallapp import register
 from tests.processes.harness import Proc, wait_until, worker
-from tests.semantics.postgres_factory import postgres_url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return postgres_url(tmp_path, request)
-    return f"sqlite:///{tmp_path / 'queue.db'}"
-
-
-@pytest.fixture
-def queue(url: str) -> Iterator[crashonly.App]:
-    app = crashonly.App(url)
-    register(app)
-    app.migrate()
-    yield app
-    app.close()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.stop()
 
 
 def test_a_worker_paused_past_its_lease_does_not_jam(

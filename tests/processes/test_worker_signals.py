@@ -17,14 +17,6 @@ from tests.processes.harness import Proc, effects, wait_until, worker
 
 
 @pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.stop()
-
-
-@pytest.fixture
 def queue(db_url: str, subprocess_env: dict[str, str]) -> Iterator[crashonly.App]:
     app = crashonly.App(db_url)
     app.migrate()
