@@ -32,7 +32,7 @@ def test_jobs_of_a_killed_worker_return_at_once(app: crashonly.App, clock: FakeC
     if not app.backend.capabilities.multi_process:
         return  # an in-memory database cannot be shared with another process
     handle = app.enqueue("t")
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, app.url, str(clock.now)],
                             stdout=subprocess.PIPE, text=True, env=env)
     try:

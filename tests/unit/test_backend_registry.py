@@ -146,7 +146,7 @@ def test_what_a_backend_lacks_is_refused_at_declaration_or_enqueue(
             ({"connection": object()}, "transactional"), ({"priority": 1}, "priorities"),
             ({"delay": 5}, "delays"), ({"run_at": 1e9}, "delays"), ({"unique_key": "k"}, "unique_keys"),
         ]:
-            with pytest.raises(ConfigError, match=f"with {next(iter(options))}=.* {capability},"):
+            with pytest.raises(ConfigError, match=f"{next(iter(options))}=.* {capability},"):
                 plain.options(**options).enqueue()
             with pytest.raises(ConfigError, match=capability):
                 app.enqueue("plain", **options)
