@@ -204,3 +204,24 @@ def test_the_contract_suite_skips_exactly_what_the_outside_backend_lacks(tmp_pat
     others = [line for line in skips if "declares no" not in line]
     assert all("SQLite file only" in s or "PostgreSQL" in s or "empty parameter set" in s
                for s in others), others
+
+
+def test_a_worker_refuses_a_task_its_backend_cannot_run_at_start_up(
+    plugin: Path, tmp_path: Path
+) -> None:
+    """Not when the job runs: ``crashonly worker`` stops at once, one line, nothing claimed."""
+    (tmp_path / "txapp.py").write_text(
+        "import crashonly\n"
+        f"app = crashonly.App('myscheme:///{tmp_path / 'q.db'}')\n"
+        "@app.task(name='tx', transactional=True)\n"
+        "def tx() -> None: ...\n"
+    )
+    env = {**os.environ, "MYSCHEME_LACKS": "transactional",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(plugin), str(ROOT / "src")])}
+    out = subprocess.run([sys.executable, "-m", "crashonly.cli", "worker", "txapp:app"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out
+    assert out.stderr.strip().splitlines() == [
+        "crashonly: error: task tx (transactional=True) needs a backend with transactional, and "
+        'the myscheme:// backend declares none (docs/backends.md, "Capabilities")'
+    ], out.stderr

@@ -76,7 +76,8 @@ class RecoveryReport:
 
 
 class Backend(Protocol):
-    """Domain verbs of a queue backend. Implementations: sqlite, postgres."""
+    """Domain verbs of a queue backend. Implementations: sqlite, postgres; writing another:
+    docs/backends.md."""
 
     url: str
     capabilities: Capabilities
