@@ -471,16 +471,19 @@ def _vet_task(task: Task[Any, Any], backend: Backend) -> None:
 
 
 def _vet_options(name: str, opts: EnqueueOptions, backend: Backend) -> None:
+    # On every enqueue: plain attribute tests, the message only formatted on refusal.
     caps: Capabilities = backend.capabilities
-    task = f"enqueueing {name}"
-    if opts.connection is not None and not caps.transactional:
-        raise ConfigError(_lacks(backend, "transactional", f"{task} with connection="))
-    if opts.priority is not None and not caps.priorities:
-        raise ConfigError(_lacks(backend, "priorities", f"{task} with priority="))
-    if (opts.delay is not None or opts.run_at is not None) and not caps.delays:
-        raise ConfigError(_lacks(backend, "delays", f"{task} with delay= or run_at="))
-    if opts.unique_key is not None and not caps.unique_keys:
-        raise ConfigError(_lacks(backend, "unique_keys", f"{task} with unique_key="))
+    lacking = (
+        "transactional" if opts.connection is not None and not caps.transactional
+        else "priorities" if opts.priority is not None and not caps.priorities
+        else "delays" if (opts.delay is not None or opts.run_at is not None) and not caps.delays
+        else "unique_keys" if opts.unique_key is not None and not caps.unique_keys
+        else None
+    )
+    if lacking is not None:
+        option = {"transactional": "connection=", "priorities": "priority=",
+                  "delays": "delay= or run_at=", "unique_keys": "unique_key="}[lacking]
+        raise ConfigError(_lacks(backend, lacking, f"enqueueing {name} with {option}"))
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
