@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import codec, limits
-from .backends import Backend, RecoveryReport, WorkerInfo, open_backend
+from .backends import Backend, Capabilities, RecoveryReport, WorkerInfo, open_backend
 from .errors import ConfigError, InvalidJob, JobFailed, JobNotFound, JobTimeout
 from .job import Existing, Job, JobState, NewJob
 from .liveness import hostname
@@ -56,6 +56,7 @@ class JobHandle:
     def wait(self, timeout: float | None = None, *, poll: float = 0.05) -> Any:
         """Block until the job is done and return its result; raise :class:`JobFailed` if it
         was buried, :class:`JobTimeout` after ``timeout`` seconds (the job goes on)."""
+        self.app._require("results", f"waiting for job {self.id}'s result")
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.002
         while True:
@@ -195,6 +196,7 @@ class App:
         self.clock = clock
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._backend: Backend | None = None
+        self._vetted: Backend | None = None  # the backend the tasks were checked against
         self._local_worker: str | None = None
 
     def __repr__(self) -> str:
@@ -204,7 +206,18 @@ class App:
     def backend(self) -> Backend:
         if self._backend is None:
             self._backend = open_backend(self.url)
+        if self._vetted is not self._backend:  # also when set from outside (the CLI does)
+            for t in self.tasks.values():
+                _vet_task(t, self._backend)
+            self._vetted = self._backend
         return self._backend
+
+    def _require(self, capability: str, what: str) -> Backend:
+        """The backend, if it declares ``capability``; else a ConfigError naming ``what``."""
+        backend = self.backend
+        if not getattr(backend.capabilities, capability):
+            raise ConfigError(_lacks(backend, capability, what))
+        return backend
 
     def close(self) -> None:
         if self._backend is not None:
@@ -264,6 +277,8 @@ class App:
                      max_attempts=max_attempts, lease=lease, retry_backoff=retry_backoff,
                      transactional=transactional, timeout=timeout,
                      unique_after_done=unique_after_done, unique_while_buried=unique_while_buried)
+            if self._backend is not None:  # else checked when the backend opens
+                _vet_task(t, self._backend)
             self.tasks[task_name] = t
             return t
 
@@ -309,8 +324,10 @@ class App:
         self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], opts: EnqueueOptions,
         now: float,
     ) -> NewJob:
-        """All but the payload of a job, every option checked (:mod:`crashonly.limits`)."""
+        """All but the payload of a job, every option checked (:mod:`crashonly.limits`) and
+        allowed by the backend's capabilities."""
         task = self.tasks.get(name)
+        _vet_options(name, opts, self.backend)
         key = opts.unique_key
         after_done = opts.unique_after_done
         while_buried = opts.unique_while_buried
@@ -344,7 +361,7 @@ class App:
     def get_job(self, job_id: int, *, payload: bool = True) -> Job:
         """The job; ``payload=False`` leaves its arguments unread (``payload`` is ``""``), for
         status polls."""
-        job = self.backend.get(int(job_id), payload=payload)
+        job = self._require("results", f"reading job {job_id}").get(int(job_id), payload=payload)
         if job is None:
             raise JobNotFound(
                 f"no job {job_id} (never existed, deleted, or purged after its retention period)"
@@ -355,21 +372,22 @@ class App:
         self, state: JobState | str | None = None, queue: str | None = None, limit: int = 100
     ) -> list[Job]:
         st = JobState(state) if state is not None else None
-        return self.backend.list(state=st, queue=queue, limit=limit)
+        return self._require("inspection", "listing jobs").list(state=st, queue=queue, limit=limit)
 
     def stats(self) -> dict[str, dict[str, int]]:
-        return self.backend.stats()
+        return self._require("inspection", "queue statistics").stats()
 
     def retry(self, job_id: int) -> bool:
         """Kick a buried job back to ready (attempts reset); False if it was not buried."""
+        backend = self._require("inspection", f"retrying job {job_id}")
         self.get_job(job_id)
-        return self.backend.kick([job_id], now=self.clock()) == 1
+        return backend.kick([job_id], now=self.clock()) == 1
 
     def retry_all_buried(self) -> int:
-        return self.backend.kick(None, now=self.clock())
+        return self._require("inspection", "retrying buried jobs").kick(None, now=self.clock())
 
     def delete(self, job_id: int) -> bool:
-        return self.backend.delete(int(job_id))
+        return self._require("inspection", f"deleting job {job_id}").delete(int(job_id))
 
     def handle(self, job_id: int) -> JobHandle:
         return JobHandle(self, job_id)
@@ -435,6 +453,37 @@ def _with_payload(t: NewJob, payload: str) -> NewJob:
     return NewJob(task=t.task, queue=t.queue, payload=payload, priority=t.priority, run_at=t.run_at,
                   max_attempts=t.max_attempts, lease=t.lease, unique_key=t.unique_key,
                   unique_after_done=t.unique_after_done, unique_while_buried=t.unique_while_buried)
+
+
+def _lacks(backend: Backend, capability: str, what: str) -> str:
+    scheme = backend.url.split("://", 1)[0]
+    return (f"{what} needs a backend with {capability}, and the {scheme}:// backend declares none "
+            "(docs/backends.md, \"Capabilities\")")
+
+
+def _vet_task(task: Task[Any, Any], backend: Backend) -> None:
+    """Refuse, when the task is declared or the backend opens, what the backend cannot do."""
+    caps: Capabilities = backend.capabilities
+    if task.transactional and not caps.transactional:
+        raise ConfigError(_lacks(backend, "transactional", f"task {task.name} (transactional=True)"))
+    if task.priority != 100 and not caps.priorities:
+        raise ConfigError(_lacks(backend, "priorities", f"task {task.name} (priority={task.priority})"))
+
+
+def _vet_options(name: str, opts: EnqueueOptions, backend: Backend) -> None:
+    # On every enqueue: plain attribute tests, the message only formatted on refusal.
+    caps: Capabilities = backend.capabilities
+    lacking = (
+        "transactional" if opts.connection is not None and not caps.transactional
+        else "priorities" if opts.priority is not None and not caps.priorities
+        else "delays" if (opts.delay is not None or opts.run_at is not None) and not caps.delays
+        else "unique_keys" if opts.unique_key is not None and not caps.unique_keys
+        else None
+    )
+    if lacking is not None:
+        option = {"transactional": "connection=", "priorities": "priority=",
+                  "delays": "delay= or run_at=", "unique_keys": "unique_key="}[lacking]
+        raise ConfigError(_lacks(backend, lacking, f"enqueueing {name} with {option}"))
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

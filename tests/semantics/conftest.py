@@ -3,10 +3,17 @@
 A backend is a factory ``(tmp_path, request) -> url``; add one to ``BACKENDS`` and the whole
 suite runs on it. A backend lacking a capability skips exactly those tests, by declaration
 (``needs(app, "transactional")``), never by accident.
+
+An outside backend (a third-party package, docs/backends.md): ``CRASHONLY_CONTRACT_URL`` names
+its URL and the suite runs on it alone. ``{tmp}`` in it becomes the test's own temporary folder,
+``{unique}`` a fresh hex name (a database or schema per test), e.g.
+``CRASHONLY_CONTRACT_URL='mybackend:///{tmp}/q.db' pytest tests/semantics``.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,6 +55,16 @@ try:  # the PostgreSQL factory lives beside its backend's tests
 except ImportError:
     pass
 
+CONTRACT_URL = os.environ.get("CRASHONLY_CONTRACT_URL", "")
+
+
+def _outside(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return CONTRACT_URL.replace("{tmp}", str(tmp_path)).replace("{unique}", uuid.uuid4().hex[:16])
+
+
+if CONTRACT_URL:
+    BACKENDS = {CONTRACT_URL.split("://", 1)[0]: _outside}
+
 
 @pytest.fixture
 def clock() -> FakeClock:
@@ -61,10 +78,21 @@ def app(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Ite
     # The store decides leases and schedules on its own clock: make it the fake one too.
     application.backend.store_clock = clock  # type: ignore[attr-defined]
     application.backend_name = request.param  # type: ignore[attr-defined]
+    # The suite observes every job through get (state, result) and list/stats: a backend
+    # without them cannot be checked by it, so every test says so.
+    needs(application, "results")
+    needs(application, "inspection")
     yield application
     application.close()
 
 
+# The capability each enqueue option needs (App refuses the option without it).
+OPTION_NEEDS = {"priority": "priorities", "delay": "delays", "run_at": "delays",
+                "unique_key": "unique_keys", "connection": "transactional"}
+
+
 def needs(app: crashonly.App, capability: str) -> None:
-    if not getattr(app.backend.capabilities, capability):
+    """Skip the test unless the backend declares ``capability`` (a :class:`Capabilities` field;
+    ``""``: nothing)."""
+    if capability and not getattr(app.backend.capabilities, capability):
         pytest.skip(f"{app.backend_name} declares no {capability}")  # type: ignore[attr-defined]

@@ -35,6 +35,8 @@ def test_async_tasks_run(app: crashonly.App) -> None:
 
 
 def test_options_never_collide_with_arguments(app: crashonly.App, clock: FakeClock) -> None:
+    needs(app, "priorities")
+    needs(app, "delays")
     @app.task
     def echo(delay: int, queue: str, priority: int) -> list[object]:
         return [delay, queue, priority]

@@ -11,7 +11,7 @@ import textwrap
 import crashonly
 from crashonly.job import JobState
 from tests.conftest import ROOT
-from tests.semantics.conftest import FakeClock
+from tests.semantics.conftest import FakeClock, needs
 
 HOLDER = textwrap.dedent("""
     import json, os, socket, sys, time
@@ -29,10 +29,9 @@ HOLDER = textwrap.dedent("""
 
 
 def test_jobs_of_a_killed_worker_return_at_once(app: crashonly.App, clock: FakeClock) -> None:
-    if not app.backend.capabilities.multi_process:
-        return  # an in-memory database cannot be shared with another process
+    needs(app, "multi_process")  # an in-memory database cannot be shared with another process
     handle = app.enqueue("t")
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, app.url, str(clock.now)],
                             stdout=subprocess.PIPE, text=True, env=env)
     try:

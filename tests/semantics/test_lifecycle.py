@@ -10,7 +10,7 @@ import pytest
 import crashonly
 from crashonly.backends import WorkerInfo
 from crashonly.job import JobState, NewJob, Settlement, SettlementKind
-from tests.semantics.conftest import FakeClock
+from tests.semantics.conftest import FakeClock, needs
 
 W = "contract-worker"
 
@@ -68,6 +68,7 @@ def test_each_job_is_reserved_once(app: crashonly.App, clock: FakeClock) -> None
 
 
 def test_priority_then_age(app: crashonly.App, clock: FakeClock) -> None:
+    needs(app, "priorities")
     low = put(app, clock, priority=200)[0]
     clock.advance(1)
     high_later = put(app, clock, priority=1)[0]
@@ -148,6 +149,7 @@ def test_retry_all_buried(app: crashonly.App, clock: FakeClock) -> None:
 
 
 def test_stale_token_is_refused_and_changes_nothing(app: crashonly.App, clock: FakeClock) -> None:
+    needs(app, "fencing")
     put(app, clock, lease=10)
     [old], _ = reserve(app, clock)
     clock.advance(11)

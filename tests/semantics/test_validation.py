@@ -10,6 +10,7 @@ import pytest
 
 import crashonly
 from crashonly import limits
+from tests.semantics.conftest import OPTION_NEEDS, needs
 
 BAD_OPTIONS = [
     ({"run_at": math.nan}, "run_at"),
@@ -38,6 +39,9 @@ BAD_OPTIONS = [
 def test_bad_options_are_refused_naming_the_option(
     app: crashonly.App, options: dict[str, object], field: str
 ) -> None:
+    for option in options:
+        needs(app, OPTION_NEEDS.get(option, ""))
+
     @app.task
     def t() -> None: ...
 
@@ -67,6 +71,8 @@ def test_a_lone_surrogate_in_an_argument_is_stored_and_comes_back(app: crashonly
 def test_the_limits_themselves_are_stored(app: crashonly.App) -> None:
     """Right at each limit, with the widest characters, every backend takes the job (on
     PostgreSQL the task, queue and key sit in btree indexes of bounded row size)."""
+    for capability in ("priorities", "unique_keys", "delays"):
+        needs(app, capability)
     wide = "\U0001f600"  # 4 bytes of UTF-8
     name = wide * limits.MAX_NAME
 

@@ -76,7 +76,7 @@ def test_user_mistakes_get_one_line(db_url: str, filled: crashonly.App) -> None:
     one_line_error(run("enqueue", "x", "--args", "[1", url=db_url), "not valid JSON")
     one_line_error(run("enqueue", "x", "--kwargs", "[1]", url=db_url), "JSON object")
     one_line_error(run("enqueue", "nope", url=db_url, app="workapp:app"), "unknown task 'nope'")
-    one_line_error(run("stats", url="mysql://x"), "unsupported database URL")
+    one_line_error(run("stats", url="mysql://x"), "unknown backend scheme 'mysql://'", "known schemes: ")
     one_line_error(run("stats", url="sqlite://host/x.db"), "three slashes")
     one_line_error(run("stats", url="sqlite:///x.db?synchronous=SOMETIMES"), "synchronous")
     one_line_error(run("stats", app="no_such_module:app"), "no such module")

@@ -25,16 +25,29 @@ __all__ = ["Backend", "Capabilities", "RecoveryReport", "WorkerInfo"]
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Capabilities:
-    """What a backend can do; the contract suite skips exactly what a backend declares it lacks."""
+    """What a backend can do, declared by the backend; every field defaults to False (claim
+    only what is true). :class:`~crashonly.App` refuses what the backend lacks with a
+    :class:`~crashonly.errors.ConfigError` when a task is declared or a job enqueued, never
+    when it runs, and the contract suite (tests/semantics) skips exactly the tests of what a
+    backend lacks (docs/backends.md, "Capabilities")."""
 
-    transactional: bool = False  # transactional tasks and enqueue in the caller's transaction
-    delays: bool = True
-    priorities: bool = True
-    unique_keys: bool = True
-    # "lease", "lock" (a lock file the kernel releases, one machine), "session" (connection-bound)
-    death_detection: str = "lease"
-    multi_process: bool = True  # many processes may share it (False for :memory:)
+    # A job's effects commit with its ack (``@app.task(transactional=True)``, ``run_transactional``)
+    # and ``put`` joins the caller's transaction (``options(connection=...)``). Needs fencing.
+    transactional: bool = False
+    delays: bool = False  # ``delay=`` / ``run_at=`` at enqueue (retries' backoff aside)
+    priorities: bool = False  # ``priority=`` at enqueue, a task's priority other than 100
+    unique_keys: bool = False  # ``unique_key=`` at enqueue
+    results: bool = False  # ``get`` by id keeps state, result, error: ``get_job``, ``wait()``
+    inspection: bool = False  # ``list``, ``stats``, ``kick``, ``delete``: jobs list, retry, stats
+    fencing: bool = False  # a settle/touch with a stale token is refused (reported), not applied
+    multi_process: bool = False  # many processes may share it (False for sqlite:///:memory:)
     remote: bool = False  # a server over the network: an outage is waited out, not fatal
+
+    def __post_init__(self) -> None:
+        if self.transactional and not self.fencing:
+            # An ack that commits the job's effects must be refused once the lease is lost,
+            # or a job another worker re-ran would commit its effects twice.
+            raise ValueError("a backend declaring transactional must declare fencing too")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -63,7 +76,8 @@ class RecoveryReport:
 
 
 class Backend(Protocol):
-    """Domain verbs of a queue backend. Implementations: sqlite, postgres."""
+    """Domain verbs of a queue backend. Implementations: sqlite, postgres; writing another:
+    docs/backends.md."""
 
     url: str
     capabilities: Capabilities

@@ -162,7 +162,8 @@ class PostgresBackend:
         self.pool_max = int(_number(options, "pool_max", 10, url))
         self.pool_timeout = _number(options, "pool_timeout", 5.0, url)
         self.capabilities = Capabilities(
-            transactional=True, death_detection="session", multi_process=True, remote=True
+            transactional=True, delays=True, priorities=True, unique_keys=True, results=True,
+            inspection=True, fencing=True, multi_process=True, remote=True,
         )
         quoted = '"' + self.schema + '"'
         self.q = {

@@ -167,7 +167,8 @@ class SQLiteBackend:
                 f"transaction_timeout in {url!r} must be a positive number of seconds"
             )
         self.capabilities = Capabilities(
-            transactional=True, death_detection="lock", multi_process=not self.memory
+            transactional=True, delays=True, priorities=True, unique_keys=True, results=True,
+            inspection=True, fencing=True, multi_process=not self.memory,
         )
         if not self.memory:
             self.path = os.path.abspath(self.path)
