@@ -618,6 +618,8 @@ class Worker:
                 # keeper could not renew. The helper renewed meanwhile, unless paused.
                 # Or the last pass waited for the store (SQLite's write lock held by a
                 # long transaction, a slow server): say which, an operator acts on it.
+                # (A GIL taken while the keeper was inside a store call reads as a wait;
+                # rare: the keeper spends milliseconds per pass there.)
                 reason = ("the keeper waited for the store: another transaction held its "
                           "write lock, or the store was slow" if in_store >= late / 2 else
                           "the keeper could not run: a job held the GIL, or the process "
