@@ -12,6 +12,7 @@ import pytest
 import crashonly
 from crashonly.backends.sqlite_lock import describe_holder
 from crashonly.job import JobState
+from tests.apps.stallapp import register
 from tests.processes.harness import Proc, effects, wait_until, worker
 
 
@@ -68,3 +69,27 @@ def test_a_stopped_holder_is_named_and_resuming_it_frees_the_lock(
     assert effects(_path(db_url)) == {}
     impatient.close()
     app.close()
+
+
+def test_a_keeper_that_waited_for_the_write_lock_says_so(
+    db_url: str, subprocess_env: dict[str, str], procs: list[Proc]
+) -> None:
+    """Another process's long write (a 300,000-job enqueue, a transactional job) makes the
+    keeper late; its `late` line must name the wait, not blame a GIL or a pause."""
+    import sqlite3
+
+    app = crashonly.App(db_url)
+    register(app)
+    app.tasks["stallapp.short"].enqueue(6.0)  # held: its lease is renewed every 2/3 s
+    app.close()
+    w = worker(db_url, subprocess_env, app="stallapp:app")
+    procs.append(w)
+    w.wait_for(r"\bstarted\b")
+    time.sleep(0.6)  # one keeper pass on its own
+    conn = sqlite3.connect(_path(db_url), isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")  # the write lock, held 3 s
+    time.sleep(3.0)
+    conn.execute("COMMIT")
+    conn.close()
+    line = w.wait_for(r"\blate\b", timeout=5)
+    assert "waited for the store" in line and "GIL" not in line, line

@@ -607,6 +607,7 @@ class Worker:
     def _keeper(self) -> None:
         touch_every = self.touch_every
         last_touch = last_turn = time.monotonic()
+        in_store = 0.0  # seconds the last pass spent in the store's calls
         while not self.stop_threads.wait(_RECOVER_EVERY * random.uniform(0.8, 1.2)):
             if self.helper is not None:
                 self.helper.tick()
@@ -615,10 +616,17 @@ class Worker:
             if late > self.late_after:
                 # A job held the GIL (one long C call) or the process was paused: this
                 # keeper could not renew. The helper renewed meanwhile, unless paused.
+                # Or the last pass waited for the store (SQLite's write lock held by a
+                # long transaction, a slow server): say which, an operator acts on it.
+                # (A GIL taken while the keeper was inside a store call reads as a wait;
+                # rare: the keeper spends milliseconds per pass there.)
+                reason = ("the keeper waited for the store: another transaction held its "
+                          "write lock, or the store was slow" if in_store >= late / 2 else
+                          "the keeper could not run: a job held the GIL, or the process "
+                          "was paused")
                 self.log("late", seconds=round(late, 1), held=len(self.held),
-                         helper="on" if self.helper is not None else "off",
-                         reason="the keeper could not run: a job held the GIL, or the "
-                         "process was paused")
+                         helper="on" if self.helper is not None else "off", reason=reason)
+            pass_began = time.monotonic()
             try:
                 report = self.app.recover()
                 if report:
@@ -636,6 +644,7 @@ class Worker:
                     self._mark_lost([k for k in held if k[0] in stale])
             except CrashonlyError as exc:
                 self.log("error", error=f"keeper: {exc}")
+            in_store = time.monotonic() - pass_began
 
     def _mark_lost(self, lost: list[Key]) -> None:
         """These reservations are stale: drop them from the holdings (never renewed again),
