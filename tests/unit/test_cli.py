@@ -165,3 +165,12 @@ def test_an_older_schema_is_upgraded_in_place(tmp_path: Path) -> None:
         version = conn.execute("SELECT value FROM crashonly_meta").fetchone()[0]
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert int(version) == SCHEMA_VERSION and "crashonly_jobs_alone" in indexes
+
+
+def test_python_dash_m_crashonly_is_the_cli() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "crashonly", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "worker" in out.stdout
