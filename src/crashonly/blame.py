@@ -7,6 +7,10 @@ registered) and applies each verdict by its query of the same name (docs/design.
   far as death detection can tell: a VM pause, SIGSTOP, a long GC): nothing died, so nobody is
   blamed and nothing is buried. The job goes back to ready with its attempt counted (it did
   start); the late holder's settlements are refused by the token.
+* **Stopped.** The holder stopped gracefully but could not write to the store (a full disk)
+  to hand its jobs back, and left a mark saying so (SQLite: ``<id>.stopped``, see
+  :mod:`crashonly.liveness`): it is released as its own stop would have released it — no
+  death, no attempt counted.
 * **Blamed.** The holder died holding this job and no other. A worker runs a suspect job alone
   and claims nothing else meanwhile, so a job held alone was the only one running in the dead
   process: the death is its (``deaths + 1``), buried as poison at ``poison_after``; until
@@ -29,6 +33,7 @@ class Verdict(enum.Enum):
     """What to do with an orphan; the value names the backend query that applies it."""
 
     STALLED = "requeue_stalled"
+    STOPPED = "requeue_stopped"
     SUSPECT = "requeue_unblamed"
     BLAMED = "requeue_blamed"
     BURIED = "bury_orphan"
@@ -40,6 +45,7 @@ class Orphan:
     token: int
     worker: str | None
     holder_alive: bool  # the holder is still registered: a stall, not a death
+    holder_stopped: bool = False  # it stopped gracefully, unable to release: not a death
     deaths: int
     attempts: int
     max_attempts: int
@@ -55,6 +61,10 @@ def judge(orphans: Sequence[Orphan], poison_after: int) -> list[tuple[Orphan, Ve
         for o in held:
             if o.holder_alive:
                 out.append((o, Verdict.STALLED, "its worker stalled past the lease; requeued"))
+            elif o.holder_stopped:
+                out.append((o, Verdict.STOPPED, (
+                    "its worker stopped but could not write to the store to release it; "
+                    "requeued")))
             elif len(held) > 1:
                 out.append((o, Verdict.SUSPECT, None))
             elif o.deaths + 1 >= poison_after:

@@ -10,6 +10,12 @@ Two sources, strongest first:
   lock on the file's inode. POSIX locks (not ``flock``, not OFD locks) because they belong to a
   *process*: a child forked by a job does not inherit them, so it cannot keep a dead worker
   "alive", and they are released as the owner exits, before it is even reaped.
+
+  A worker whose *graceful* stop could not write to the store (a full disk) renames its lock
+  file to ``<id>.stopped`` (:meth:`WorkerLock.mark_stopped`) while still holding the lock: a
+  rename needs no new data blocks, so it works on a full disk, and the lock moves with the
+  inode. Once that lock is free, recovery reads the worker as stopped, not dead, and blames no
+  job on it (:func:`stopped_mark`).
 * **The process identity**: pid, start time in clock ticks since boot (``/proc/PID/stat``
   field 22), boot id and PID namespace (``/proc/self/ns/pid``). A pid means something only in
   its own namespace: a worker of another namespace (another container on the same host) is
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 from functools import cache
 
 __all__ = ["ProcessIdentity", "WorkerLock", "hostname", "is_alive", "lock_is_held",
-           "pid_namespace", "remove_lock_file", "this_process"]
+           "pid_namespace", "remove_lock_file", "stopped_mark", "this_process"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -160,6 +166,25 @@ class WorkerLock:
         except OSError:
             pass
         os.close(self.fd)
+
+    def mark_stopped(self) -> None:
+        """Say "stopped, not died" without writing a byte: rename the lock file to its
+        :func:`stopped_mark`, keeping the lock (held on the inode) until this process exits."""
+        if _held.get(self.path) != self.fd:
+            return
+        mark = stopped_mark(self.path)
+        try:
+            os.rename(self.path, mark)
+        except OSError:
+            return  # judged as a death, as before
+        del _held[self.path]
+        _held[mark] = self.fd
+        self.path = mark
+
+
+def stopped_mark(lock_path: str) -> str:
+    """The name a gracefully stopped worker's lock file is renamed to."""
+    return lock_path.removesuffix(".lock") + ".stopped"
 
 
 def lock_is_held(path: str) -> bool | None:

@@ -28,3 +28,9 @@ def test_a_dead_holder_of_one_job_blames_it() -> None:
 def test_a_dead_holder_of_several_jobs_blames_none_whatever_their_claims() -> None:
     got = verdicts(orphan(1, "w", token=1), orphan(2, "w", token=2, deaths=2), orphan(3, "v"))
     assert got == {1: Verdict.SUSPECT, 2: Verdict.SUSPECT, 3: Verdict.BLAMED}
+
+
+def test_a_holder_that_stopped_gracefully_is_blamed_for_nothing() -> None:
+    stopped = Orphan(id=1, token=7, worker="w", holder_alive=False, holder_stopped=True,
+                     deaths=2, attempts=5, max_attempts=5)  # a death would bury it twice over
+    assert verdicts(stopped) == {1: Verdict.STOPPED}

@@ -16,7 +16,8 @@
 * Death detection: a worker holds a POSIX lock on a file of its own (``<db>-workers/<id>.lock``)
   that the kernel releases when it dies, and registers pid, process start time, boot id and
   PID namespace as a fallback; any live process's recovery returns the jobs of a dead one (see
-  :mod:`crashonly.liveness`).
+  :mod:`crashonly.liveness`). A worker whose graceful stop cannot deregister (a full disk)
+  renames that file to ``<id>.stopped``: its jobs come back unblamed.
 * Time: the backend reads the machine's clocks itself, under the write lock, so a lease starts
   when its claim holds the lock (not when the caller asked). Leases are decided on the
   monotonic clock, which steps of the wall clock do not move; schedules (``run_at``) are
@@ -63,6 +64,7 @@ from ..liveness import (
     is_alive,
     lock_is_held,
     remove_lock_file,
+    stopped_mark,
     this_process,
 )
 from .base import Capabilities, RecoveryReport, WorkerInfo
@@ -625,26 +627,35 @@ class SQLiteBackend:
             self._real_path = os.path.realpath(self.path)
         return f"{self._real_path}-workers/{_UNSAFE.sub('_', worker_id)}.lock"
 
-    def _dead_workers(self) -> list[str]:
-        """Workers provably dead: their lock file is free, or (no lock file: an older
+    def _dead_workers(self) -> tuple[list[str], set[str]]:
+        """Workers provably gone, and which of them stopped gracefully. Gone: their lock file
+        (or the ``.stopped`` mark it was renamed to) is free, or (neither file: an older
         crashonly, or registered for another process) their pid is gone from this PID
         namespace. A worker that neither can judge is left to its leases."""
-        dead = []
+        dead: list[str] = []
+        stopped: set[str] = set()
         for row in self._read(Q["workers"]):
             if row[0] in self._registrations:
                 continue  # ours, and we are running this
-            alive = None if self.memory else lock_is_held(self._lock_path(row[0]))
+            alive = None
+            if not self.memory:
+                lock = self._lock_path(row[0])
+                alive = lock_is_held(lock)
+                if alive is None:  # probed in this order: a rename between the two is seen
+                    alive = lock_is_held(stopped_mark(lock))
+                    if alive is False:
+                        stopped.add(row[0])
             if alive is None:
                 alive = is_alive(ProcessIdentity(
                     host=row[1], boot_id=row[2], pid=row[3], start=row[4], pid_ns=row[9]))
             if alive is False:
                 dead.append(row[0])
-        return dead
+        return dead, stopped
 
     def recover(
         self, *, now: float, poison_after: int = 3, retention: float = 86400.0
     ) -> RecoveryReport:
-        dead = self._dead_workers()
+        dead, stopped = self._dead_workers()
         wall = self._wall()
         purge = wall - self._last_purge >= _PURGE_EVERY
         clocks = {"now": wall, "mono": self._mono(), "dead": json.dumps(dead)}
@@ -666,7 +677,8 @@ class SQLiteBackend:
                     conn.execute(Q["deregister_worker"], {"id": worker_id})
                 orphans = [
                     Orphan(id=r[0], token=r[1], worker=r[2], holder_alive=bool(r[3]),
-                           deaths=r[4], attempts=r[5], max_attempts=r[6])
+                           holder_stopped=r[2] in stopped, deaths=r[4], attempts=r[5],
+                           max_attempts=r[6])
                     for r in conn.execute(Q["orphans"], clocks)
                 ]
                 for o, verdict, error in judge(orphans, poison_after):
@@ -684,7 +696,8 @@ class SQLiteBackend:
             self._truncate_wal()
         if not self.memory:
             for worker_id in dead:
-                remove_lock_file(self._lock_path(worker_id))
+                lock = self._lock_path(worker_id)
+                remove_lock_file(stopped_mark(lock) if worker_id in stopped else lock)
         return RecoveryReport(
             dead_workers=dead, requeued=requeued, buried=buried, promoted=promoted, purged=purged
         )
@@ -743,8 +756,16 @@ class SQLiteBackend:
             self.register_worker(self._registrations[worker_id][0])
 
     def deregister_worker(self, worker_id: str) -> None:
-        with self._write() as conn:
-            conn.execute(Q["deregister_worker"], {"id": worker_id})
+        try:
+            with self._write() as conn:
+                conn.execute(Q["deregister_worker"], {"id": worker_id})
+        except BaseException:
+            # We are stopping, not dying, but cannot say so in the store (a full disk): say it
+            # beside the lock, so the jobs we could not release are not blamed on a death.
+            registered = self._registrations.get(worker_id)
+            if registered is not None and registered[1] is not None:
+                registered[1].mark_stopped()
+            raise
         _info, lock = self._registrations.pop(worker_id, (None, None))
         if lock is not None:
             lock.release()

@@ -247,6 +247,13 @@ SET state = 'ready', lease_expires_at = NULL, lease_deadline = NULL, worker = NU
     last_error = :error
 WHERE id = :id AND token = :token AND state = 'reserved';
 
+-- name: requeue_stopped
+-- Released as the worker's graceful stop would have: no attempt, no death (it did not die).
+UPDATE crashonly_jobs
+SET state = 'ready', attempts = attempts - 1, deaths = 0, lease_expires_at = NULL,
+    worker = NULL, last_error = :error
+WHERE id = :id AND token = :token AND state = 'reserved';
+
 -- name: requeue_blamed
 -- The prime suspect: run alone next time too, so a further death is blamed exactly again.
 UPDATE crashonly_jobs
