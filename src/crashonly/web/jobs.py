@@ -82,8 +82,16 @@ def _sse(job: Job, expose_result: bool) -> bytes:
     return f"id: {_event_id(job)}\nevent: state\ndata: {data}\n\n".encode()
 
 
+class _JSON(JSONResponse):
+    """JSON in ASCII: a result or error may hold a lone surrogate (``os.fsdecode`` of a file
+    name), which UTF-8 cannot encode; the ``\\udcff`` escape is valid JSON for the same text."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def _not_found(job_id: object) -> JSONResponse:
-    return JSONResponse({"error": f"no job {job_id}"}, status_code=404)
+    return _JSON({"error": f"no job {job_id}"}, status_code=404)
 
 
 def job_router(app: App, *, authorize: Authorize | None = None, public: bool = False,
@@ -137,8 +145,8 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
         open_streams -= 1
 
     def busy() -> JSONResponse:
-        return JSONResponse({"error": "too many open job streams, retry"}, status_code=503,
-                            headers=_BUSY)
+        return _JSON({"error": "too many open job streams, retry"}, status_code=503,
+                     headers=_BUSY)
 
     async def pause(request: Request, seconds: float) -> None:
         drain = drain_event(request.scope)
@@ -158,7 +166,7 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
         job = await fetch(request)
         if isinstance(job, Response):
             return job
-        return JSONResponse(view(job), headers={"cache-control": "no-store"})
+        return _JSON(view(job), headers={"cache-control": "no-store"})
 
     async def wait(request: Request) -> Response:
         if not take_stream():
@@ -175,8 +183,8 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
         except ValueError:
             timeout = -1.0
         if not 0 <= timeout <= max_wait:  # also refuses nan
-            return JSONResponse({"error": f"timeout must be 0 to {max_wait:g} seconds"},
-                                status_code=400)
+            return _JSON({"error": f"timeout must be 0 to {max_wait:g} seconds"},
+                         status_code=400)
         deadline = time.monotonic() + timeout
         interval = 0.02
         again = False
@@ -186,15 +194,15 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
             if isinstance(job, Response):
                 return job
             if job.state in FINAL:
-                return JSONResponse(view(job), headers={"cache-control": "no-store"})
+                return _JSON(view(job), headers={"cache-control": "no-store"})
             if draining(request):
-                return JSONResponse({**view(job), "reconnect": True}, status_code=503,
-                                    headers={"retry-after": "0", "connection": "close",
-                                             "cache-control": "no-store"})
+                return _JSON({**view(job), "reconnect": True}, status_code=503,
+                             headers={"retry-after": "0", "connection": "close",
+                                      "cache-control": "no-store"})
             left = deadline - time.monotonic()
             if left <= 0 or await request.is_disconnected():
-                return JSONResponse(view(job), status_code=202,
-                                    headers={"cache-control": "no-store"})
+                return _JSON(view(job), status_code=202,
+                             headers={"cache-control": "no-store"})
             await pause(request, min(interval, left))
             interval = min(0.5, interval * 1.5)
 
