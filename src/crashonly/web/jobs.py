@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -44,9 +45,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
 
 from ..app import App
-from ..errors import ConfigError, JobNotFound
+from ..errors import BackendUnavailable, ConfigError, JobNotFound
 from ..job import Job, JobState
 from .drain import drain_event
+from .limits import LogThrottle
 
 __all__ = ["FINAL", "job_router", "job_view"]
 
@@ -54,6 +56,9 @@ FINAL = (JobState.DONE, JobState.BURIED)
 _MAX_ID = 2**63 - 1
 _HEARTBEAT = 15.0
 _BUSY = {"retry-after": "1", "cache-control": "no-store"}
+# an outage (database down, or out of file descriptors under a flood of streams) comes once
+# per request: one line per 10 s, and a 503 the client retries, never a 500 with a traceback
+_outages = LogThrottle(logging.getLogger("crashonly.web.jobs"))
 
 Authorize = Callable[[Request, Job], bool | Awaitable[bool]]
 
@@ -125,6 +130,10 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
             job = await run_sync(lambda: app.get_job(int(raw), payload=whole))
         except JobNotFound:
             return _not_found(int(raw))
+        except BackendUnavailable as exc:
+            _outages.warning("job store unavailable, answering 503: %s", exc)
+            return _JSON({"error": "job store unavailable, retry"}, status_code=503,
+                         headers=_BUSY)
         if whole and authorize is not None:
             allowed = authorize(request, job)
             if inspect.isawaitable(allowed):
