@@ -198,6 +198,6 @@ def test_idle_event_streams_past_the_descriptor_limit_answer_503_without_traceba
         web.terminate()
         text = web.communicate(timeout=20)[0]
         sock.close()
-    assert not any(b" 500 " in s for s in statuses), statuses
+    assert not any(b" 500 " in s for s in statuses), (statuses, text[-4000:])
     assert "Traceback" not in text, text[-3000:]
     assert len(text.splitlines()) < 40, text[-3000:]

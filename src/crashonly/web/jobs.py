@@ -33,6 +33,7 @@ connection between polls and works with every backend.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import json
 import logging
@@ -106,6 +107,9 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
     required unless ``public=True`` (see the module docstring)."""
     from anyio.to_thread import run_sync
 
+    # anyio imports its asyncio backend at the first thread call: out of file descriptors (a
+    # flood of streams) that import fails, and the request with a 500. Import it now.
+    importlib.import_module("anyio._backends._asyncio")
     if authorize is None and not public:
         raise ConfigError("job_router needs authorize=(request, job) -> bool: job ids are "
                           "sequential, so anyone could read every job; public=True shows "
