@@ -33,6 +33,8 @@ connection between polls and works with every backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import importlib
 import inspect
 import json
@@ -46,7 +48,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
 
 from ..app import App
-from ..errors import BackendUnavailable, ConfigError, JobNotFound
+from ..errors import BackendUnavailable, ConfigError, CrashonlyError, JobNotFound
 from ..job import Job, JobState
 from .drain import drain_event
 from .limits import LogThrottle
@@ -107,9 +109,13 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
     required unless ``public=True`` (see the module docstring)."""
     from anyio.to_thread import run_sync
 
-    # anyio imports its asyncio backend at the first thread call: out of file descriptors (a
-    # flood of streams) that import fails, and the request with a 500. Import it now.
+    # anyio imports its asyncio backend, and the app its database driver, at first use: out of
+    # file descriptors (a flood of streams) those imports fail half-way, and every request
+    # after them with a 500. Import both now; a backend that cannot open yet is left to the
+    # requests, which answer 503.
     importlib.import_module("anyio._backends._asyncio")
+    with contextlib.suppress(CrashonlyError):
+        app.backend  # noqa: B018 (opening it imports its module)
     if authorize is None and not public:
         raise ConfigError("job_router needs authorize=(request, job) -> bool: job ids are "
                           "sequential, so anyone could read every job; public=True shows "
@@ -134,7 +140,10 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
             job = await run_sync(lambda: app.get_job(int(raw), payload=whole))
         except JobNotFound:
             return _not_found(int(raw))
-        except BackendUnavailable as exc:
+        except (BackendUnavailable, OSError) as exc:
+            # OSError: out of descriptors, even a first import of the backend's module fails
+            if isinstance(exc, OSError) and exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
             _outages.warning("job store unavailable, answering 503: %s", exc)
             return _JSON({"error": "job store unavailable, retry"}, status_code=503,
                          headers=_BUSY)
