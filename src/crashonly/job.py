@@ -64,7 +64,7 @@ class Job:
     def _call(self) -> dict[str, Any]:
         try:
             call = json.loads(self.payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # written by another client: enqueue refuses both
             return {}
         return call if isinstance(call, dict) else {}
 

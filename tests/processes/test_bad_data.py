@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
+import urllib.parse
 
 import pytest
 
@@ -59,3 +61,26 @@ def test_a_payload_nested_too_deep_is_refused_at_enqueue(queue: crashonly.App) -
     for _ in range(150):
         shallow = [shallow]
     assert queue.tasks["stallapp.echo"].enqueue(shallow).job.args == [shallow]
+
+
+def test_a_payload_too_deep_written_by_another_client_is_shown(
+        url: str, queue: crashonly.App, subprocess_env: dict[str, str]) -> None:
+    """A row enqueue would refuse (another client wrote it): `crashonly jobs show` prints the
+    job (without its arguments) instead of a RecursionError traceback."""
+    handle = queue.tasks["stallapp.echo"].enqueue(1)
+    deep = "[" * 100_000 + "]" * 100_000
+    payload = '{"args": [' + deep + '], "kwargs": {}}'
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            db.execute("UPDATE crashonly_jobs SET payload = ? WHERE id = ?", (payload, handle.id))
+    else:
+        import psycopg
+
+        from tests.postgres.conftest import conninfo
+
+        schema = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["schema"][0]
+        with psycopg.connect(conninfo(url), autocommit=True) as conn:
+            conn.execute(f"UPDATE {schema}.jobs SET payload = %s WHERE id = %s",
+                         (payload, handle.id))
+    out = cli(url, subprocess_env, "jobs", "show", str(handle.id))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]

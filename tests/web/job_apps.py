@@ -23,4 +23,9 @@ def fail() -> None:
     raise ValueError("this job always fails\nsecond line")
 
 
+@queue.task(name="file_name")
+def file_name() -> str:
+    return os.fsdecode(b"/data/\xff.csv")  # a lone surrogate: an everyday undecodable name
+
+
 web = Starlette(routes=[Mount("/jobs", app=job_router(queue, public=True, expose_result=True, max_wait=60))])

@@ -127,6 +127,25 @@ def test_events_stream_and_last_event_id(env: dict[str, str], queue: crashonly.A
         web.stop()
 
 
+def test_a_result_with_undecodable_bytes_is_shown(env: dict[str, str], queue: crashonly.App,
+                                                  db_url: str) -> None:
+    """A result holding os.fsdecode(b"\\xff") (a lone surrogate) is valid JSON on every route."""
+    job = queue.enqueue("file_name")
+    run_jobs(db_url)
+    web = Web(APP, env).ready()
+    try:
+        for suffix in ("", "/wait?timeout=1"):
+            r = httpx.get(f"{web.url}/jobs/{job.id}{suffix}")
+            assert r.status_code == 200, (suffix, r.text)
+            assert r.json()["result"] == "/data/\udcff.csv"
+        with httpx.stream("GET", f"{web.url}/jobs/{job.id}/events") as r:
+            line = next(x for x in r.iter_lines() if x.startswith("data:"))
+        assert "\\udcff" in line
+    finally:
+        web.stop()
+    assert "Traceback" not in web.text()
+
+
 def test_client_errors(env: dict[str, str], queue: crashonly.App, db_url: str) -> None:
     failing = queue.enqueue("fail")
     pending = queue.enqueue("add", args=[1, 2])

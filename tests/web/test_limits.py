@@ -150,3 +150,54 @@ def test_every_response_says_nosniff(subprocess_env: dict[str, str]) -> None:
             assert httpx.get(web.url + path).headers["x-content-type-options"] == "nosniff"
     finally:
         web.stop()
+
+
+def test_idle_event_streams_past_the_descriptor_limit_answer_503_without_tracebacks(
+        subprocess_env: dict[str, str], db_url: str) -> None:
+    """Open-file limit 128, 300 event streams on a job that never ends (the issue's 1,100
+    idle SSE connections, scaled down): opening the database in a fresh thread fails with
+    EMFILE, which is an outage (503, a few log lines), never a 500 and a traceback each."""
+    import crashonly
+    from tests.web import job_apps
+
+    queue = crashonly.App(db_url)
+    queue.tasks.update(job_apps.queue.tasks)
+    job = queue.enqueue("add", args=[1, 2], run_at=time.time() + 3600)
+    queue.close()
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    sock = listening_socket()
+    env = {**subprocess_env, "CRASHONLY_SECRET_KEY": KEY, "DATABASE_URL": db_url}
+    web = subprocess.Popen(
+        [sys.executable, "-m", "crashonly.cli", "web", "tests.web.job_apps:web",
+         "--fd", str(sock.fileno()), "--grace", "1"],
+        cwd=ROOT, env=env, pass_fds=(sock.fileno(),), preexec_fn=low_limit, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    conns: list[socket.socket] = []
+    statuses: dict[bytes, int] = {}
+    try:
+        host, port = sock.getsockname()
+        assert httpx.get(f"http://{host}:{port}/livez", timeout=15).status_code == 200
+        for _ in range(300):
+            c = socket.create_connection((host, port), timeout=5)
+            c.sendall(f"GET /jobs/{job.id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            conns.append(c)
+        time.sleep(3)
+        for c in conns:
+            c.settimeout(0.05)
+            try:
+                line = c.recv(100).split(b"\r\n")[0]
+            except OSError:
+                line = b"-"
+            statuses[line] = statuses.get(line, 0) + 1
+    finally:
+        for c in conns:
+            c.close()
+        web.terminate()
+        text = web.communicate(timeout=20)[0]
+        sock.close()
+    assert not any(b" 500 " in s for s in statuses), (statuses, text[-4000:])
+    assert "Traceback" not in text, text[-3000:]
+    assert len(text.splitlines()) < 40, text[-3000:]

@@ -260,6 +260,9 @@ class SQLiteBackend:
                 "acknowledged is kept; the failed write changed nothing): free space on its "
                 "volume, and writes go on"
             )
+        if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE):
+            return BackendUnavailable(f"database {where}: this process has too many open files "
+                                      f"({text}); it heals when connections close")
         if "readonly" in text or "read-only" in text:
             return BackendUnavailable(
                 f"database {where} is read-only: give this process write access to the file "

@@ -33,8 +33,12 @@ connection between polls and works with every backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import importlib
 import inspect
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -44,9 +48,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
 
 from ..app import App
-from ..errors import ConfigError, JobNotFound
+from ..errors import BackendUnavailable, ConfigError, CrashonlyError, JobNotFound
 from ..job import Job, JobState
 from .drain import drain_event
+from .limits import LogThrottle
 
 __all__ = ["FINAL", "job_router", "job_view"]
 
@@ -54,6 +59,9 @@ FINAL = (JobState.DONE, JobState.BURIED)
 _MAX_ID = 2**63 - 1
 _HEARTBEAT = 15.0
 _BUSY = {"retry-after": "1", "cache-control": "no-store"}
+# an outage (database down, or out of file descriptors under a flood of streams) comes once
+# per request: one line per 10 s, and a 503 the client retries, never a 500 with a traceback
+_outages = LogThrottle(logging.getLogger("crashonly.web.jobs"))
 
 Authorize = Callable[[Request, Job], bool | Awaitable[bool]]
 
@@ -82,8 +90,16 @@ def _sse(job: Job, expose_result: bool) -> bytes:
     return f"id: {_event_id(job)}\nevent: state\ndata: {data}\n\n".encode()
 
 
+class _JSON(JSONResponse):
+    """JSON in ASCII: a result or error may hold a lone surrogate (``os.fsdecode`` of a file
+    name), which UTF-8 cannot encode; the ``\\udcff`` escape is valid JSON for the same text."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def _not_found(job_id: object) -> JSONResponse:
-    return JSONResponse({"error": f"no job {job_id}"}, status_code=404)
+    return _JSON({"error": f"no job {job_id}"}, status_code=404)
 
 
 def job_router(app: App, *, authorize: Authorize | None = None, public: bool = False,
@@ -93,6 +109,13 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
     required unless ``public=True`` (see the module docstring)."""
     from anyio.to_thread import run_sync
 
+    # anyio imports its asyncio backend, and the app its database driver, at first use: out of
+    # file descriptors (a flood of streams) those imports fail half-way, and every request
+    # after them with a 500. Import both now; a backend that cannot open yet is left to the
+    # requests, which answer 503.
+    importlib.import_module("anyio._backends._asyncio")
+    with contextlib.suppress(CrashonlyError):
+        app.backend  # noqa: B018 (opening it imports its module)
     if authorize is None and not public:
         raise ConfigError("job_router needs authorize=(request, job) -> bool: job ids are "
                           "sequential, so anyone could read every job; public=True shows "
@@ -117,6 +140,13 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
             job = await run_sync(lambda: app.get_job(int(raw), payload=whole))
         except JobNotFound:
             return _not_found(int(raw))
+        except (BackendUnavailable, OSError) as exc:
+            # OSError: out of descriptors, even a first import of the backend's module fails
+            if isinstance(exc, OSError) and exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            _outages.warning("job store unavailable, answering 503: %s", exc)
+            return _JSON({"error": "job store unavailable, retry"}, status_code=503,
+                         headers=_BUSY)
         if whole and authorize is not None:
             allowed = authorize(request, job)
             if inspect.isawaitable(allowed):
@@ -137,8 +167,8 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
         open_streams -= 1
 
     def busy() -> JSONResponse:
-        return JSONResponse({"error": "too many open job streams, retry"}, status_code=503,
-                            headers=_BUSY)
+        return _JSON({"error": "too many open job streams, retry"}, status_code=503,
+                     headers=_BUSY)
 
     async def pause(request: Request, seconds: float) -> None:
         drain = drain_event(request.scope)
@@ -158,7 +188,7 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
         job = await fetch(request)
         if isinstance(job, Response):
             return job
-        return JSONResponse(view(job), headers={"cache-control": "no-store"})
+        return _JSON(view(job), headers={"cache-control": "no-store"})
 
     async def wait(request: Request) -> Response:
         if not take_stream():
@@ -175,8 +205,8 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
         except ValueError:
             timeout = -1.0
         if not 0 <= timeout <= max_wait:  # also refuses nan
-            return JSONResponse({"error": f"timeout must be 0 to {max_wait:g} seconds"},
-                                status_code=400)
+            return _JSON({"error": f"timeout must be 0 to {max_wait:g} seconds"},
+                         status_code=400)
         deadline = time.monotonic() + timeout
         interval = 0.02
         again = False
@@ -186,15 +216,15 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
             if isinstance(job, Response):
                 return job
             if job.state in FINAL:
-                return JSONResponse(view(job), headers={"cache-control": "no-store"})
+                return _JSON(view(job), headers={"cache-control": "no-store"})
             if draining(request):
-                return JSONResponse({**view(job), "reconnect": True}, status_code=503,
-                                    headers={"retry-after": "0", "connection": "close",
-                                             "cache-control": "no-store"})
+                return _JSON({**view(job), "reconnect": True}, status_code=503,
+                             headers={"retry-after": "0", "connection": "close",
+                                      "cache-control": "no-store"})
             left = deadline - time.monotonic()
             if left <= 0 or await request.is_disconnected():
-                return JSONResponse(view(job), status_code=202,
-                                    headers={"cache-control": "no-store"})
+                return _JSON(view(job), status_code=202,
+                             headers={"cache-control": "no-store"})
             await pause(request, min(interval, left))
             interval = min(0.5, interval * 1.5)
 
