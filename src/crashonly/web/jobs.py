@@ -153,6 +153,9 @@ def job_router(app: App, *, authorize: Authorize | None = None, public: bool = F
                 allowed = await allowed
             if not allowed:
                 return _not_found(int(raw))
+            # Never shown, and a stream keeps its first job until the next poll: let a 20 MB
+            # argument go now rather than hold it for each open stream.
+            job.payload = ""
         return job
 
     def take_stream() -> bool:
