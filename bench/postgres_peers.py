@@ -428,6 +428,17 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def write_section(section: str, text: str) -> None:
+    """Put ``text`` in bench/RESULTS.md in place of the section headed ``section`` (or at the
+    end when there is none yet)."""
+    results = ROOT / "bench" / "RESULTS.md"
+    old = results.read_text() if results.exists() else ""
+    pattern = re.compile(re.escape(section) + r".*?(?=\n## |\Z)", re.S)
+    new = pattern.sub(lambda _: text.rstrip("\n") + "\n", old) if section in old else (
+        old.rstrip("\n") + "\n\n" + text if old else text)
+    results.write_text(new)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--jobs", type=int, default=10_000)
@@ -491,12 +502,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        results = ROOT / "bench" / "RESULTS.md"
-        old = results.read_text() if results.exists() else ""
-        pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
-        new = pattern.sub(lambda _: text.rstrip("\n") + "\n", old) if SECTION in old else (
-            old.rstrip("\n") + "\n\n" + text if old else text)
-        results.write_text(new)
+        write_section(SECTION, text)
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ from postgres_peers import (  # type: ignore[import-not-found]
     machine,
     reset_database,
     stop,
+    write_section,
 )
 
 SECTION = "## PostgreSQL start-up: spawn → first job (`bench/postgres_startup.py`)"
@@ -135,12 +135,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        results = ROOT / "bench" / "RESULTS.md"
-        old = results.read_text() if results.exists() else ""
-        pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
-        new = pattern.sub(lambda _: text.rstrip("\n") + "\n", old) if SECTION in old else (
-            old.rstrip("\n") + "\n\n" + text if old else text)
-        results.write_text(new)
+        write_section(SECTION, text)
     return 0
 
 
