@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from . import codec, limits
+from . import codec, validation
 from .backends import Backend, Capabilities, RecoveryReport, WorkerInfo, open_backend
 from .errors import ConfigError, InvalidJob, JobFailed, JobNotFound, JobTimeout
 from .job import Existing, Job, JobState, NewJob
@@ -248,23 +248,23 @@ class App:
     ) -> Any:
         """Register a task: ``@app.task`` or ``@app.task(queue="mail", max_attempts=3)``."""
         try:
-            limits.name(queue, "queue")
-            limits.whole(priority, "priority", *limits.PRIORITY_RANGE)
-            limits.whole(max_attempts, "max_attempts", 1, limits.PRIORITY_RANGE[1])
-            limits.seconds(lease, "lease", lo=0.001)
+            validation.name(queue, "queue")
+            validation.whole(priority, "priority", *validation.PRIORITY_RANGE)
+            validation.whole(max_attempts, "max_attempts", 1, validation.PRIORITY_RANGE[1])
+            validation.seconds(lease, "lease", lo=0.001)
             if timeout is not None:
-                limits.seconds(timeout, "timeout", lo=0.0)
+                validation.seconds(timeout, "timeout", lo=0.0)
             if not callable(retry_backoff):
-                limits.seconds(retry_backoff, "retry_backoff")
-            limits.seconds(unique_after_done, "unique_after_done")
-            limits.flag(unique_while_buried, "unique_while_buried")
+                validation.seconds(retry_backoff, "retry_backoff")
+            validation.seconds(unique_after_done, "unique_after_done")
+            validation.flag(unique_while_buried, "unique_while_buried")
         except InvalidJob as exc:
             raise ConfigError(f"task {name or getattr(fn, '__qualname__', '')}: {exc}") from None
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or f"{f.__module__}.{f.__qualname__}"
             try:
-                limits.name(task_name, "task name")
+                validation.name(task_name, "task name")
             except InvalidJob as exc:
                 raise ConfigError(str(exc)) from None
             if transactional and _is_async(f):
@@ -324,7 +324,7 @@ class App:
         self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], opts: EnqueueOptions,
         now: float,
     ) -> NewJob:
-        """All but the payload of a job, every option checked (:mod:`crashonly.limits`) and
+        """All but the payload of a job, every option checked (:mod:`crashonly.validation`) and
         allowed by the backend's capabilities."""
         task = self.tasks.get(name)
         _vet_options(name, opts, self.backend)
@@ -332,25 +332,25 @@ class App:
         after_done = opts.unique_after_done
         while_buried = opts.unique_while_buried
         return NewJob(
-            task=limits.name(name, "task name"),
-            queue=limits.name(
+            task=validation.name(name, "task name"),
+            queue=validation.name(
                 opts.queue if opts.queue is not None else (task.queue if task else "default"),
                 "queue",
             ),
             payload=codec.encode_payload(name, args, kwargs),
-            priority=limits.whole(
+            priority=validation.whole(
                 opts.priority if opts.priority is not None else (task.priority if task else 100),
-                "priority", *limits.PRIORITY_RANGE,
+                "priority", *validation.PRIORITY_RANGE,
             ),
-            run_at=limits.run_at(opts.run_at, opts.delay, now),
+            run_at=validation.run_at(opts.run_at, opts.delay, now),
             max_attempts=task.max_attempts if task else 5,
             lease=task.lease if task else 30.0,
-            unique_key=None if key is None else limits.name(key, "unique_key", limits.MAX_KEY),
-            unique_after_done=limits.seconds(
+            unique_key=None if key is None else validation.name(key, "unique_key", validation.MAX_KEY),
+            unique_after_done=validation.seconds(
                 after_done if after_done is not None else (task.unique_after_done if task else 0.0),
                 "unique_after_done",
             ),
-            unique_while_buried=limits.flag(
+            unique_while_buried=validation.flag(
                 while_buried if while_buried is not None
                 else (task.unique_while_buried if task else False),
                 "unique_while_buried",

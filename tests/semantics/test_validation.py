@@ -1,5 +1,5 @@
 """Enqueue refuses, with an error naming the option, what no backend can store or run
-(crashonly.limits; limits in docs/queue.md) — on every backend, and stores nothing."""
+(crashonly.validation; limits in docs/queue.md) — on every backend, and stores nothing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import pytest
 
 import crashonly
-from crashonly import limits
+from crashonly import validation
 from tests.semantics.conftest import OPTION_NEEDS, needs
 
 BAD_OPTIONS = [
@@ -74,16 +74,16 @@ def test_the_limits_themselves_are_stored(app: crashonly.App) -> None:
     for capability in ("priorities", "unique_keys", "delays"):
         needs(app, capability)
     wide = "\U0001f600"  # 4 bytes of UTF-8
-    name = wide * limits.MAX_NAME
+    name = wide * validation.MAX_NAME
 
     @app.task(name=name, queue=name)
     def t() -> None: ...
 
-    lo, hi = limits.PRIORITY_RANGE
-    first = t.options(priority=hi, unique_key=wide * limits.MAX_KEY).enqueue()
-    again = t.options(priority=lo, unique_key=wide * limits.MAX_KEY).enqueue()
+    lo, hi = validation.PRIORITY_RANGE
+    first = t.options(priority=hi, unique_key=wide * validation.MAX_KEY).enqueue()
+    again = t.options(priority=lo, unique_key=wide * validation.MAX_KEY).enqueue()
     assert again.id == first.id and again.duplicate
-    t.options(priority=lo, run_at=limits.MAX_TIME, delay=None).enqueue()
+    t.options(priority=lo, run_at=validation.MAX_TIME, delay=None).enqueue()
     job = first.job
     assert (job.task, job.queue, job.priority) == (name, name, hi)
     assert len(app.list_jobs(queue=name)) == 2
