@@ -67,6 +67,8 @@ def storable(text: str) -> str:
     Free of cost for ordinary text."""
     if "\x00" in text:
         text = text.replace("\x00", "\\x00")
+    if text.isascii():
+        return text
     try:
         text.encode("utf-8")
         return text
@@ -80,6 +82,8 @@ def storable(text: str) -> str:
 
 def _utf8(text: str, value: Any) -> str:
     """JSON with lone surrogates escaped (``\\udcff``) when the plain form is not UTF-8."""
+    if text.isascii():  # O(1) in CPython: the common case makes no UTF-8 copy of the payload
+        return text
     try:
         text.encode("utf-8")
         return text
