@@ -74,6 +74,7 @@ def _app(args: argparse.Namespace, *, create: bool = False) -> Any:
     else:
         app = App(args.url)
     app._backend = open_backend(app.url, create=create)
+    args.opened = app  # closed by main(): a pool left to the garbage collector at exit errs
     return app
 
 
@@ -251,7 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "fn", None):
             parser.print_help()
             return 2
-        result: int = args.fn(args)
+        try:
+            result: int = args.fn(args)
+        finally:
+            opened = getattr(args, "opened", None)
+            if opened is not None:
+                opened.close()
         return result
     except CrashonlyError as exc:
         print(f"crashonly: error: {exc}", file=sys.stderr)
